@@ -1,0 +1,1 @@
+"""Sparsity core: masks, layer-wise distributions, schedules, the engine and the methods."""

@@ -1,0 +1,118 @@
+"""Layer-wise sparsity distributions (RigL paper §3 and REFERENCE §2.3) as pure functions.
+
+Every distribution maps ``shapes`` (ordered ``{name: weight shape}``) and a global target
+``sparsity`` to ``{name: density}``. ``dense`` names layers forced to density 1 and ``custom``
+maps names to a fixed density; both are excluded from the budget (they neither consume nor
+donate parameters), which is the convention of the official RigL code.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+from ..errors import ConfigError
+from ..registry import DISTRIBUTIONS
+from .topk import count_zeros
+
+Shapes = Mapping[str, Tuple[int, ...]]
+Densities = Dict[str, float]
+
+
+def _check(shapes: Shapes, sparsity: float, dense: Iterable[str], custom: Mapping[str, float]) -> None:
+    if not shapes:
+        raise ConfigError("no sparsifiable layers: check include/exclude patterns or the model")
+    if not 0.0 <= sparsity < 1.0:
+        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity}; e.g. 0.9 keeps 10% of weights")
+    unknown = sorted((set(dense) | set(custom)) - set(shapes))
+    if unknown:
+        raise ConfigError(
+            f"unknown layer name(s) {unknown}; sparsifiable layers are: {', '.join(shapes)}"
+        )
+    for name, d in custom.items():
+        if not 0.0 <= d <= 1.0:
+            raise ConfigError(f"custom density for '{name}' must be in [0, 1], got {d}")
+
+
+def _numel(shape: Sequence[int]) -> int:
+    return math.prod(shape)
+
+
+@DISTRIBUTIONS.register("uniform")
+def uniform(shapes: Shapes, sparsity: float, *, dense: Iterable[str] = (),
+            custom: Optional[Mapping[str, float]] = None, **_unused) -> Densities:
+    """Same sparsity in every layer not forced dense (first-layer rule is applied by the caller)."""
+    custom = dict(custom or {})
+    dense = set(dense)
+    _check(shapes, sparsity, dense, custom)
+    return {n: custom.get(n, 1.0 if n in dense else 1.0 - sparsity) for n in shapes}
+
+
+def _er_score(shape: Sequence[int], kernel: bool) -> float:
+    """ERK: sum(shape)/prod(shape); ER: the two channel dims only (PyTorch layout: shape[:2])."""
+    dims = tuple(shape) if kernel else tuple(shape[:2])
+    return sum(dims) / _numel(dims)
+
+
+def _scaled(shapes: Shapes, sparsity: float, dense: Iterable[str], custom: Mapping[str, float],
+            score: Callable[[Sequence[int]], float]) -> Densities:
+    """ε-scaling with the capacity rule: layers whose density would exceed 1 become dense.
+
+    Budget: Σ_free ε·r_l·N_l = Σ_free (N_l − z_l) − Σ_dense z_l with z_l = floor(S·N_l); every
+    layer tied at the largest raw score moves to the dense set at once, then ε is recomputed.
+    """
+    custom = dict(custom or {})
+    forced = set(dense)
+    _check(shapes, sparsity, forced, custom)
+    raw = {n: score(s) for n, s in shapes.items() if n not in custom}
+    dense_set = set(forced)
+    while True:
+        free = [n for n in raw if n not in dense_set]
+        if not free:
+            break
+        rhs = sum(_numel(shapes[n]) - count_zeros(_numel(shapes[n]), sparsity) for n in free)
+        rhs -= sum(count_zeros(_numel(shapes[n]), sparsity) for n in dense_set if n in raw)
+        eps = rhs / sum(raw[n] * _numel(shapes[n]) for n in free)
+        top = max(raw[n] for n in free)
+        if eps * top <= 1.0:
+            break
+        dense_set |= {n for n in free if raw[n] == top}
+    out: Densities = {}
+    for n in shapes:
+        if n in custom:
+            out[n] = custom[n]
+        elif n in dense_set:
+            out[n] = 1.0
+        else:
+            out[n] = max(0.0, eps * raw[n])
+    return out
+
+
+@DISTRIBUTIONS.register("erk")
+def erdos_renyi_kernel(shapes: Shapes, sparsity: float, *, dense: Iterable[str] = (),
+                       custom: Optional[Mapping[str, float]] = None, power: float = 1.0,
+                       **_unused) -> Densities:
+    """Erdős–Rényi-Kernel (Evci et al. 2020): density ∝ (Σ dims / Π dims)^power.
+
+    ``power`` < 1 softens the allocation (0 gives uniform over the non-dense layers).
+    """
+    return _scaled(shapes, sparsity, dense, custom or {}, lambda s: _er_score(s, True) ** power)
+
+
+@DISTRIBUTIONS.register("er")
+def erdos_renyi(shapes: Shapes, sparsity: float, *, dense: Iterable[str] = (),
+                custom: Optional[Mapping[str, float]] = None, power: float = 1.0,
+                **_unused) -> Densities:
+    """Erdős–Rényi (Mocanu et al. 2018): density ∝ ((n_in + n_out)/(n_in·n_out))^power."""
+    return _scaled(shapes, sparsity, dense, custom or {}, lambda s: _er_score(s, False) ** power)
+
+
+@DISTRIBUTIONS.register("custom")
+def custom_map(shapes: Shapes, sparsity: float, *, dense: Iterable[str] = (),
+               custom: Optional[Mapping[str, float]] = None, **_unused) -> Densities:
+    """Explicit per-layer densities; unlisted layers get the global ``1 - sparsity``."""
+    return uniform(shapes, sparsity, dense=dense, custom=custom)
+
+
+def layer_densities(name: str, shapes: Shapes, sparsity: float, **kwargs) -> Densities:
+    """Look up distribution ``name`` in the registry and apply it."""
+    return DISTRIBUTIONS.get(name)(shapes, sparsity, **kwargs)

@@ -1,0 +1,195 @@
+"""Method base classes: the small hooks every sparse-training method overrides.
+
+A method owns its hyper-parameters (a frozen ``Options`` dataclass) and answers the engine's
+questions: the initial masks, whether ``step`` updates the topology, how many weights each layer
+drops and grows, and the drop/grow scores. The engine does the bookkeeping (exact counts,
+zero-init, optimizer-state reset, distributed sync), so a method file stays short.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
+
+import torch
+
+from ...errors import ConfigError
+from ..masks import random_masks
+from ..schedules import DECAYS, UpdateSchedule, drop_fraction
+from .redistribution import REDISTRIBUTIONS, apportion, layer_statistic
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
+
+
+def build_options(cls, method: str, options: Mapping[str, object]):
+    """Instantiate ``cls`` (a dataclass) from ``options``; unknown keys are a ConfigError."""
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - valid)
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for method '{method}'; valid: {', '.join(sorted(valid)) or 'none'}")
+    return cls(**options)
+
+
+class Method:
+    """Static sparse training: an exact-count random mask that never changes.
+
+    Base of all methods. Reference: the 'Static' baseline of Evci et al., "Rigging the Lottery:
+    Making All Tickets Winners", ICML 2020.
+    """
+
+    name = "base"
+
+    @dataclass(frozen=True)
+    class Options:
+        pass
+
+    def __init__(self, **options):
+        self.options = build_options(self.Options, self.name, options)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check option values; raise ConfigError naming the fix."""
+
+    # --- life cycle -------------------------------------------------------------------------
+    def setup(self, engine: "SparsityEngine") -> None:
+        """Resolve step-anchored options once ``engine.total_steps`` is known."""
+
+    def init_masks(self, engine: "SparsityEngine") -> Dict[str, torch.Tensor]:
+        return random_masks(engine.targets, engine.densities, engine.generator)
+
+    @property
+    def skip_optimizer_step(self) -> bool:
+        return False
+
+    def is_update_step(self, step: int) -> bool:
+        return False
+
+    def observe_gradients(self, engine: "SparsityEngine", update: bool) -> None:
+        """Read the dense gradients (after backward, before they are masked)."""
+
+    # --- topology update --------------------------------------------------------------------
+    def drop_fraction(self, step: int) -> float:
+        return 0.0
+
+    def allocate(self, engine: "SparsityEngine", fraction: float) -> Dict[str, Tuple[int, int]]:
+        """(n_drop, n_grow) per layer: floor(f·n_active) each, so every layer keeps its count."""
+        out = {}
+        for t in engine.targets:
+            n = int(engine.masks[t.name].sum())
+            k = int(math.floor(fraction * n))
+            out[t.name] = (k, k)
+        return out
+
+    def drop_scores(self, engine: "SparsityEngine", name: str) -> torch.Tensor:
+        """Scores of active weights; the lowest are dropped. Default: |w|."""
+        return engine.param(name).detach().abs()
+
+    def grow_scores(self, engine: "SparsityEngine", name: str) -> torch.Tensor:
+        """Scores of candidate (inactive) positions; the highest are grown."""
+        raise NotImplementedError
+
+    def finish_update(self, engine: "SparsityEngine") -> None:
+        """Release anything captured for the update."""
+
+    # --- persistence ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def describe(self) -> dict:
+        return {"method": self.name, **dataclasses.asdict(self.options)}
+
+
+@dataclass(frozen=True)
+class DynamicOptions:
+    """Topology-update schedule shared by SET, RigL and SNFS (RigL paper defaults)."""
+
+    delta_t: int = 100
+    start: Optional[int] = None
+    end: Optional[int] = None
+    end_fraction: float = 0.75
+    alpha: float = 0.3
+    decay: str = "cosine"
+    skip_optimizer_step: bool = False
+    redistribution: str = "none"
+    momentum: float = 0.9
+    grow_init: str = "zeros"
+
+
+class DynamicMethod(Method):
+    """Drop the smallest-magnitude active weights every ΔT steps and grow as many elsewhere.
+
+    Subclasses choose the grow score. With ``redistribution`` != "none" the per-layer counts
+    follow a layer statistic (Dettmers & Zettlemoyer 2019, "Sparse Networks from Scratch"),
+    so only the global count is preserved.
+    """
+
+    Options = DynamicOptions
+
+    def validate(self) -> None:
+        o = self.options
+        if not 0.0 <= o.alpha <= 1.0:
+            raise ConfigError(f"alpha (drop fraction) must be in [0, 1], got {o.alpha}")
+        if o.decay not in DECAYS:
+            raise ConfigError(f"unknown decay '{o.decay}'; choose one of: {', '.join(DECAYS)}")
+        if o.redistribution not in REDISTRIBUTIONS:
+            raise ConfigError(f"unknown redistribution '{o.redistribution}'; choose one of: {', '.join(REDISTRIBUTIONS)}")
+        if not 0.0 <= o.momentum < 1.0:
+            raise ConfigError(f"momentum must be in [0, 1), got {o.momentum}")
+        if o.grow_init != "zeros":
+            raise ConfigError(f"grow_init '{o.grow_init}' is not supported; use 'zeros' (the paper's choice)")
+
+    def setup(self, engine: "SparsityEngine") -> None:
+        o = self.options
+        self.schedule = UpdateSchedule.build(engine.total_steps, o.delta_t, o.start, o.end, o.end_fraction)
+        self.ema: Dict[str, torch.Tensor] = {}
+
+    @property
+    def tracks_momentum(self) -> bool:
+        return self.options.redistribution == "momentum"
+
+    @property
+    def skip_optimizer_step(self) -> bool:
+        return self.options.skip_optimizer_step
+
+    def is_update_step(self, step: int) -> bool:
+        return self.schedule.is_update(step)
+
+    def drop_fraction(self, step: int) -> float:
+        return drop_fraction(step, self.options.alpha, self.schedule.end, self.options.decay)
+
+    def observe_gradients(self, engine: "SparsityEngine", update: bool) -> None:
+        if self.tracks_momentum:
+            self._update_ema(engine)
+
+    @torch.no_grad()
+    def _update_ema(self, engine: "SparsityEngine") -> None:
+        """EMA of dense gradients, m ← β·m + (1 − β)·g (the official RigL 'momentum' grow)."""
+        beta = self.options.momentum
+        for t in engine.targets:
+            g = engine.dense_grad(t.name)
+            m = self.ema.get(t.name)
+            self.ema[t.name] = g.clone() if m is None else m.mul_(beta).add_(g, alpha=1 - beta)
+
+    def allocate(self, engine: "SparsityEngine", fraction: float) -> Dict[str, Tuple[int, int]]:
+        base = super().allocate(engine, fraction)
+        if self.options.redistribution == "none":
+            return base
+        stats = {t.name: layer_statistic(self.options.redistribution, engine.param(t.name),
+                                         engine.masks[t.name], self.ema.get(t.name))
+                 for t in engine.targets}
+        removed = {n: d for n, (d, _) in base.items()}
+        capacity = {t.name: t.param.numel() - int(engine.masks[t.name].sum()) + removed[t.name]
+                    for t in engine.targets}
+        grown = apportion(stats, sum(removed.values()), capacity, fallback=removed)
+        return {n: (removed[n], grown[n]) for n in removed}
+
+    def state_dict(self) -> dict:
+        return {"ema": {k: v.clone() for k, v in self.ema.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema = {k: v.clone() for k, v in state.get("ema", {}).items()}

@@ -1,0 +1,19 @@
+"""SET: drop the smallest-magnitude weights, grow uniformly at random among inactive ones."""
+import torch
+
+from ...registry import METHODS
+from .base import DynamicMethod
+
+
+@METHODS.register("set")
+class SET(DynamicMethod):
+    """Sparse Evolutionary Training (Mocanu et al., Nature Communications 2018), with the RigL
+    paper's schedule: every ΔT steps drop a cosine-decayed fraction of the active weights by
+    magnitude and grow as many at random positions (exact count, drawn from the engine's seeded
+    generator; just-dropped positions are eligible)."""
+
+    name = "set"
+
+    def grow_scores(self, engine, name: str) -> torch.Tensor:
+        p = engine.param(name)
+        return torch.rand(p.shape, generator=engine.generator).to(p.device)
