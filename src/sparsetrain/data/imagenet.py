@@ -18,7 +18,6 @@ import logging
 from pathlib import Path
 from typing import Optional, Tuple
 
-import torch
 
 from ..errors import ConfigError, DataError
 from ..registry import DATASETS
