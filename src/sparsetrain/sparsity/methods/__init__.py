@@ -1,3 +1,3 @@
 """Sparse-training methods; importing this package registers them all."""
-from . import rigl, set, snfs, static  # noqa: F401
+from . import dense, rigl, set, snfs, static  # noqa: F401
 from .base import DynamicMethod, Method  # noqa: F401

@@ -1,0 +1,313 @@
+"""Typed run configuration: frozen dataclasses, config files (TOML/YAML/JSON), ``--set`` overrides.
+
+Every key is validated before anything runs; unknown keys and wrong types are ConfigErrors that
+name the valid keys. The run hash identifies a configuration (a run directory) independently of
+where it is written or on which device it runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Dataset and loading. ``root`` falls back to $SPARSETRAIN_DATA, then ./data."""
+
+    name: str = "digits"
+    root: Optional[str] = None
+    download: bool = False
+    val_size: int = 0
+    augment: bool = True
+    batch_size: int = 64
+    eval_batch_size: int = 512
+    workers: int = 0
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Registered model name; ``width`` scales hidden sizes (Small-Dense)."""
+
+    name: str = "mlp"
+    width: float = 1.0
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (the RigL paper's recipe by default).
+
+    ``warmup_epochs`` and ``milestones`` (epochs) scale with the training multiplier.
+    """
+
+    name: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    decay_bias_and_norm: bool = False
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: Tuple[float, ...] = ()
+    gamma: float = 0.1
+    grad_clip: float = 0.0
+    betas: Tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass(frozen=True)
+class SparsityConfig:
+    """Sparse-training method and layer distribution; ``options`` are the method's own
+    hyper-parameters (e.g. ``delta_t``, ``alpha``, ``end_fraction``)."""
+
+    method: str = "rigl"
+    sparsity: float = 0.9
+    distribution: str = "erk"
+    dense_first: Optional[bool] = None
+    dense_last: bool = False
+    include: Tuple[str, ...] = ()
+    exclude: Tuple[str, ...] = ()
+    custom: Dict[str, float] = field(default_factory=dict)
+    erk_power: float = 1.0
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Length, evaluation, checkpointing, device. ``steps`` > 0 overrides ``epochs``;
+    ``multiplier`` is the extended-training factor (2×, 5×)."""
+
+    epochs: float = 10.0
+    steps: int = 0
+    multiplier: float = 1.0
+    eval_every: int = 0
+    checkpoint_every: int = 0
+    device: str = "auto"
+    amp: bool = False
+    progress: str = "auto"
+    tensorboard: bool = False
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole run. ``out_dir`` holds run directories named by method, sparsity and hash."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+    out_dir: str = "runs"
+
+
+# keys that do not change what is computed, so they stay out of the run hash
+_UNHASHED = {"out_dir", "data.root", "data.download", "data.workers", "train.device",
+             "train.progress", "train.tensorboard", "data.eval_batch_size"}
+
+
+def to_dict(cfg) -> Dict[str, Any]:
+    """Plain nested dict (tuples become lists) for JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def flat_items(d: Mapping[str, Any], prefix: str = ""):
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and not key.endswith("options") and key not in ("sparsity.custom",):
+            yield from flat_items(v, key + ".")
+        else:
+            yield key, v
+
+
+def run_hash(cfg: RunConfig) -> str:
+    """Short stable hash of everything that changes the result."""
+    items = sorted((k, v) for k, v in flat_items(to_dict(cfg)) if k not in _UNHASHED)
+    return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+# --- building from dicts -------------------------------------------------------------------
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert ``value`` to the dataclass field type ``tp`` or raise a ConfigError."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(value, [a for a in args if a is not type(None)][0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        try:
+            out = tp(value) if tp is float else int(str(value)) if not isinstance(value, float) else value
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} must be {'an integer' if tp is int else 'a number'}, got {value!r}") from None
+        if tp is int and isinstance(out, float):
+            if not out.is_integer():
+                raise ConfigError(f"{key} must be an integer, got {value!r}")
+            out = int(out)
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    if origin in (tuple, typing.Tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()] if value else []
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        inner = args[0] if args else Any
+        if len(args) == 2 and args[1] is not Ellipsis:
+            if len(value) != 2:
+                raise ConfigError(f"{key} must have 2 entries, got {value!r}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args))
+        return tuple(v if inner is Any else _coerce(v, inner, key) for v in value)
+    if origin in (dict, typing.Dict):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a table/mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
+    """Build dataclass ``cls`` from a (possibly partial) nested mapping; unknown keys are errors."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"section '{prefix.rstrip('.') or 'root'}' must be a table, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {[prefix + u for u in unknown]}; valid keys in "
+                          f"'{prefix.rstrip('.') or 'root'}': {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, tp, prefix + name)
+    return cls(**kwargs)
+
+
+def parse_value(text: str) -> Any:
+    """``--set`` value: JSON if it parses (numbers, true/false, lists, tables), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_override(data: Dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` to the nested dict ``data`` in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value (e.g. sparsity.sparsity=0.95), got '{assignment}'")
+    key, text = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set got an empty key in '{assignment}'")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: '{p}' is not a section")
+    node[parts[-1]] = parse_value(text)
+
+
+def read_file(path: str | Path) -> Dict[str, Any]:
+    """Read a TOML, YAML or JSON config file into a dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' not found; pass an existing .toml/.yaml/.json file")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python < 3.11
+                import tomli as tomllib
+            return tomllib.loads(text)
+        if p.suffix in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ModuleNotFoundError:
+                raise ConfigError("YAML configs need PyYAML: pip install 'sparsetrain[yaml]'") from None
+            return yaml.safe_load(text) or {}
+        if p.suffix == ".json":
+            return json.loads(text)
+    except ConfigError:
+        raise
+    except Exception as e:  # parser errors of three libraries
+        raise ConfigError(f"cannot parse config file '{p}': {e}".splitlines()[0]) from None
+    raise ConfigError(f"config file '{p}' must end in .toml, .yaml, .yml or .json")
+
+
+def merge(base: Dict[str, Any], extra: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursive dict merge, ``extra`` wins."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
+def load_config(path: Optional[str] = None, overrides: Tuple[str, ...] = (),
+                base: Optional[Mapping[str, Any]] = None) -> RunConfig:
+    """Defaults ← ``base`` ← config file ← ``--set`` overrides, validated."""
+    data: Dict[str, Any] = dict(base or {})
+    if path:
+        data = merge(data, read_file(path))
+    for a in overrides:
+        apply_override(data, a)
+    cfg = from_dict(RunConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Value checks that need no data or model."""
+    checks = [
+        (0.0 <= cfg.sparsity.sparsity < 1.0, f"sparsity.sparsity must be in [0, 1), got {cfg.sparsity.sparsity}"),
+        (cfg.data.batch_size > 0, f"data.batch_size must be positive, got {cfg.data.batch_size}"),
+        (cfg.data.val_size >= 0, f"data.val_size must be >= 0, got {cfg.data.val_size}"),
+        (cfg.train.epochs > 0 or cfg.train.steps > 0, "set train.epochs > 0 or train.steps > 0"),
+        (cfg.train.steps >= 0, f"train.steps must be >= 0, got {cfg.train.steps}"),
+        (cfg.train.multiplier > 0, f"train.multiplier must be positive, got {cfg.train.multiplier}"),
+        (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),
+        (cfg.optim.name in ("sgd", "adam", "adamw"), f"optim.name must be sgd, adam or adamw, got '{cfg.optim.name}'"),
+        (cfg.optim.schedule in ("constant", "step", "cosine"),
+         f"optim.schedule must be constant, step or cosine, got '{cfg.optim.schedule}'"),
+        (cfg.train.progress in ("auto", "on", "off"), f"train.progress must be auto, on or off, got '{cfg.train.progress}'"),
+        (0.0 <= cfg.optim.label_smoothing < 1.0, f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def describe_keys(cls=RunConfig, prefix: str = "") -> list[str]:
+    """``key (type) = default`` lines for every config key, for --help."""
+    lines = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            lines += describe_keys(tp, f"{prefix}{f.name}.")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            lines.append(f"{prefix}{f.name} ({name}) = {default!r}")
+    return lines

@@ -1,0 +1,18 @@
+"""Dense baseline: no masks at all."""
+import torch
+
+from ...registry import METHODS
+from .base import Method
+
+
+@METHODS.register("dense")
+class Dense(Method):
+    """The dense model trained with the same recipe (the reference point of every table in
+    Evci et al., ICML 2020). The trainer attaches no engine; used inside an engine it keeps
+    every weight active."""
+
+    name = "dense"
+    uses_masks = False
+
+    def init_masks(self, engine):
+        return {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in engine.targets}

@@ -1,0 +1,70 @@
+"""Atomic checkpoints with everything needed for a bitwise-exact resume on CPU."""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import torch
+
+from ..errors import CheckpointError
+
+FORMAT = "sparsetrain-checkpoint-v1"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every RNG state the training loop draws from."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: Dict[str, Any]) -> None:
+    """Serialise ``payload`` (model/optimizer/engine/scheduler/step/...) atomically."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, map_location: Any = "cpu") -> Dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, or raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at '{path}'; pass a run directory that has checkpoint.pt")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint '{path}' is unreadable (truncated or not a torch file: "
+                              f"{str(e).splitlines()[0][:120]}); delete it to start over") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"'{path}' is not a sparsetrain checkpoint (format {FORMAT} expected)")
+    return data
