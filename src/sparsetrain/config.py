@@ -85,7 +85,7 @@ class TrainConfig:
     """Length, evaluation, checkpointing, device. ``steps`` > 0 overrides ``epochs``;
     ``multiplier`` is the extended-training factor (2×, 5×)."""
 
-    epochs: float = 10.0
+    epochs: float = 100.0
     steps: int = 0
     multiplier: float = 1.0
     eval_every: int = 0
