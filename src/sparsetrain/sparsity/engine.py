@@ -93,6 +93,17 @@ class SparsityEngine:
         p = self.param(name)
         return torch.zeros_like(p) if p.grad is None else p.grad.detach()
 
+    def dense_grad_rows(self, name: str, rows: slice) -> torch.Tensor:
+        """Rows ``rows`` of :meth:`dense_grad` with the weight viewed as a matrix (dim 0 × the
+        rest). A compressed layer computes only these rows (``sparsetrain.sparse``)."""
+        g = self.dense_grad(name)
+        return g.reshape(g.shape[0], -1)[rows]
+
+    def is_compressed(self, name: str) -> bool:
+        """Whether layer ``name`` is stored compressed, with ``param(name)`` its vector of active
+        values (the truly sparse backend, ``sparsetrain.sparse.SparseEngine``). Never here."""
+        return False
+
     # --- the two hooks ----------------------------------------------------------------------
     def after_backward(self) -> bool:
         """Call right after ``loss.backward()``. Returns whether to run ``optimizer.step()``."""
@@ -218,13 +229,18 @@ class SparsityEngine:
             if tuple(m.shape) != self._by_name[n].shape:
                 raise CheckpointError(f"mask '{n}' has shape {tuple(m.shape)}, the model's weight "
                                       f"{self._by_name[n].shape}; load it into the same architecture")
-            self.masks[n] = m.to(device=self.param(n).device, dtype=torch.bool).clone()
+            self._restore_mask(n, m)
         self.step, self.last_update = step, state.get("last_update")
         self.densities = dict(state.get("densities", self.densities))
         if "generator" in state:
             self.generator.set_state(state["generator"])
         self.method.load_state_dict(state.get("method", {}))
         self.apply_masks()
+
+    def _restore_mask(self, name: str, mask: torch.Tensor) -> None:
+        """Install a saved mask (dense, or sparse as saved by the sparse backend)."""
+        mask = mask.to_dense() if mask.layout != torch.strided else mask
+        self.masks[name] = mask.to(device=self.param(name).device, dtype=torch.bool).clone()
 
 
 def _factory(method: str):

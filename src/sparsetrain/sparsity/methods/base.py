@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
 import torch
 
 from ...errors import ConfigError
+from ...flops import training_flops_snfs, training_flops_static
 from ..masks import random_masks
 from ..schedules import DECAYS, UpdateSchedule, drop_fraction
 from .redistribution import REDISTRIBUTIONS, apportion, layer_statistic
@@ -90,8 +91,29 @@ class Method:
         """Scores of candidate (inactive) positions; the highest are grown."""
         raise NotImplementedError
 
+    def grow_scores_rows(self, engine: "SparsityEngine", name: str, rows: slice, n_cols: int) -> torch.Tensor:
+        """Rows ``rows`` of :meth:`grow_scores` with the weight viewed as a matrix
+        (dim 0 × ``n_cols``). The truly sparse backend scores a compressed layer block by block
+        through this hook, so no dense score matrix is held; a method overriding ``grow_scores``
+        should override it too (until it does, that backend scores the whole layer at once)."""
+        s = self.grow_scores(engine, name)
+        return s.reshape(s.shape[0], -1)[rows]
+
     def finish_update(self, engine: "SparsityEngine") -> None:
         """Release anything captured for the update."""
+
+    # --- cost (Evci et al. 2020, App. H) ------------------------------------------------------
+    def training_flops(self, f_s: float, f_d: float) -> float:
+        """Training FLOPs per example per step, averaged over the run, from the sparse (f_S)
+        and dense (f_D) forward FLOPs per example. Default: forward and both backward passes
+        sparse, 3·f_S (Static, SET, SNIP, Small-Dense). Extended training (×M) is applied by
+        the caller; a method whose f_S changes over training states its own average."""
+        return training_flops_static(f_s)
+
+    def uses_dense_grad(self, step: int) -> bool:
+        """Whether step ``step`` computes the dense weight gradient (f_D instead of f_S for
+        the weight-gradient pass); read by :class:`sparsetrain.flops.FlopsTracker` callers."""
+        return False
 
     # --- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -165,6 +187,13 @@ class DynamicMethod(Method):
     def observe_gradients(self, engine: "SparsityEngine", update: bool) -> None:
         if self.tracks_momentum:
             self._update_ema(engine)
+
+    def training_flops(self, f_s: float, f_d: float) -> float:
+        # a momentum of dense gradients needs the dense weight gradient every step (SNFS)
+        return training_flops_snfs(f_s, f_d) if self.tracks_momentum else training_flops_static(f_s)
+
+    def uses_dense_grad(self, step: int) -> bool:
+        return self.tracks_momentum
 
     @torch.no_grad()
     def _update_ema(self, engine: "SparsityEngine") -> None:

@@ -17,3 +17,8 @@ class SET(DynamicMethod):
     def grow_scores(self, engine, name: str) -> torch.Tensor:
         p = engine.param(name)
         return torch.rand(p.shape, generator=engine.generator).to(p.device)
+
+    def grow_scores_rows(self, engine, name: str, rows: slice, n_cols: int) -> torch.Tensor:
+        # successive blocks of rows draw the same stream, in the same order, as one whole draw
+        block = (rows.stop - rows.start, n_cols)
+        return torch.rand(block, generator=engine.generator).to(engine.param(name).device)
