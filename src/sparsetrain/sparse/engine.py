@@ -1,0 +1,348 @@
+"""SparseEngine: the SparsityEngine with its large, sparse Linear layers stored compressed.
+
+Same hooks, same methods, same schedules: ``after_backward`` / ``after_step`` drive Static, SET
+and RigL exactly as on the masked-dense engine (tests/test_sparse_backend.py checks that masks
+and weights agree). What changes is per-layer storage. A compressed layer is a
+:class:`SparseLinear`; its mask is its CSR pattern, its trainable tensor (``param(name)``) is the
+values vector, and its optimizer state has size nnz. A topology update
+
+* drops by the method's drop score over the active values (|w| by default; the exact tie rule of
+  ``topk_mask`` holds because CSR storage order is flat-index order);
+* grows by the method's ``grow_scores_rows`` hook, block by block over the rows, keeping only
+  the best k candidates (:mod:`.streaming`): RigL's dense gradient ∂L/∂W = gᵀx is formed one row
+  block at a time from the (x, g) factors captured in the backward pass of update steps, SET's
+  random scores are drawn block by block from the same generator stream as a whole-layer draw;
+* rebuilds values, gradient and every per-weight optimizer state tensor on the new pattern:
+  survivors keep theirs, new connections start at zero (RigL paper, "zero initialisation").
+
+Layers that stay masked-dense (too dense, too small, not Linear) are handled by the base class.
+"""
+from __future__ import annotations
+
+import logging
+from types import MappingProxyType
+from typing import Dict, Iterator, Mapping, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..registry import METHODS
+from ..sparsity.engine import SparsityEngine
+from ..sparsity.masks import Target, apply_masks, unwrap
+from ..sparsity.topk import topk_mask
+from .convert import BackendPolicy, compress_linear
+from .csr import carry, flat_from_csr, flat_from_mask, match, row_ids
+from .linear import SparseLinear
+from .streaming import streaming_topk
+
+log = logging.getLogger(__name__)
+
+#: entries of the dense score matrix formed at once while growing (16 MiB of float32)
+DEFAULT_BLOCK_ELEMS = 1 << 22
+
+
+def _logical_target(name: str, module_name: str, shape: tuple) -> Target:
+    """A target whose "weight" is a storage-free tensor of the layer's dense shape: shape and
+    numel queries work, arithmetic on it fails loudly (the real values live in the layer)."""
+    return Target(name, module_name, nn.Parameter(torch.empty(shape, device="meta"), requires_grad=False))
+
+
+def _defined_in(obj, attr: str) -> type:
+    return next(c for c in type(obj).__mro__ if attr in vars(c))
+
+
+class SparseEngine(SparsityEngine):
+    """A :class:`SparsityEngine` whose eligible layers run truly sparse on CPU.
+
+    Build it like the masked-dense engine (it first builds the masks exactly as that engine
+    does, then compresses), from an existing engine (:meth:`from_engine`,
+    :func:`use_sparse_backend`), or around a model built sparse from the start
+    (:meth:`from_sparse_model`). Extra args: ``max_density``, ``min_size``, ``overrides`` (see
+    :class:`BackendPolicy`) and ``block_elems`` (memory bound of a growth step).
+    ``layers`` maps weight names to the compressed layers; ``is_compressed(name)`` tells them apart.
+    The engine does not support methods that read dense gradients every step or redistribute
+    across layers (SNFS, ``redistribution``); those keep a dense statistic by definition.
+    """
+
+    layers: Mapping[str, SparseLinear] = MappingProxyType({})
+
+    def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                 method: str = "rigl", *, max_density: float = 0.2, min_size: int = 1 << 16,
+                 overrides: Optional[Mapping[str, str]] = None, block_elems: int = DEFAULT_BLOCK_ELEMS,
+                 **engine_options):
+        super().__init__(model, optimizer, method, **engine_options)
+        self.block_elems = int(block_elems)
+        self._compress(BackendPolicy(max_density, min_size, dict(overrides or {})))
+
+    @classmethod
+    def from_engine(cls, engine: SparsityEngine, *, max_density: float = 0.2, min_size: int = 1 << 16,
+                    overrides: Optional[Mapping[str, str]] = None,
+                    block_elems: int = DEFAULT_BLOCK_ELEMS) -> "SparseEngine":
+        """Take over a masked-dense engine's state (masks, step, generator, method) and compress
+        its eligible layers in its model and optimizer. Use the returned engine from then on."""
+        new = cls.__new__(cls)
+        new.__dict__.update(vars(engine))
+        new.targets, new._by_name, new.masks = list(engine.targets), dict(engine._by_name), dict(engine.masks)
+        new.block_elems = int(block_elems)
+        new._compress(BackendPolicy(max_density, min_size, dict(overrides or {})))
+        return new
+
+    @classmethod
+    def from_sparse_model(cls, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
+                          method: str = "set", *, total_steps: Optional[int] = None, seed: int = 0,
+                          sync_masks: bool = True, block_elems: int = DEFAULT_BLOCK_ELEMS,
+                          **method_options) -> "SparseEngine":
+        """An engine over the SparseLinear layers of a model that was built sparse (e.g. with
+        :meth:`SparseLinear.random`) and never had dense weights; their current patterns are
+        the masks and their densities the layer densities."""
+        model = unwrap(model)
+        layers = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
+        if not layers:
+            raise ConfigError("the model has no SparseLinear layer; build it with SparseLinear.random "
+                              "or construct SparseEngine(model, ...) on a dense model")
+        new = cls.__new__(cls)
+        new.model, new.optimizer = model, optimizer
+        new.method = METHODS.get(method)(**method_options)
+        new.total_steps, new.sync_masks, new.block_elems = total_steps, sync_masks, int(block_elems)
+        new.targets = [_logical_target(n, n[: -len(".weight")], l.shape) for n, l in layers.items()]
+        new.kept_dense, new._by_name = [], {t.name: t for t in new.targets}
+        new.densities = {n: l.density for n, l in layers.items()}
+        total = sum(l.out_features * l.in_features for l in layers.values())
+        new.config = {"method": new.method.name, "sparsity": 1 - sum(l.nnz for l in layers.values()) / total,
+                      "distribution": "custom", "dense_first": False, "dense_last": False, "seed": seed}
+        new.generator = torch.Generator().manual_seed(int(seed))
+        new.step, new.last_update, new._pending_update = 0, None, False
+        new.method.setup(new)
+        new.masks = {}
+        new._adopt(layers)
+        return new
+
+    # --- compression ----------------------------------------------------------------------------
+    def _compress(self, policy: BackendPolicy) -> None:
+        layers = {}
+        for t in list(self.targets):
+            module = self.model.get_submodule(t.module_name) if t.module_name else self.model
+            if type(module) is not nn.Linear or t.name != f"{t.module_name}.weight" or not t.module_name:
+                continue
+            density = float(self.masks[t.name].sum()) / t.param.numel()
+            if policy.choose(t.name, t.param.numel(), density) == "sparse":
+                layers[t.name] = compress_linear(self.model, t.module_name, self.masks[t.name], self.optimizer)
+                self._replace_target(_logical_target(t.name, t.module_name, t.shape))
+        log.info("sparse backend: %d of %d layers compressed (%s)", len(layers), len(self.targets),
+                 ", ".join(layers) or "none")
+        self._adopt(layers)
+
+    def _replace_target(self, target: Target) -> None:
+        self.targets = [target if t.name == target.name else t for t in self.targets]
+        self._by_name[target.name] = target
+
+    def _adopt(self, layers: Dict[str, SparseLinear]) -> None:
+        if layers:
+            self._check_method()
+        self.layers = dict(layers)
+        for name, layer in self.layers.items():
+            self.masks[name] = layer.mask_view()
+        self._arm_capture()
+
+    def _check_method(self) -> None:
+        """Methods whose state is a dense per-weight statistic cannot run compressed."""
+        options = getattr(self.method, "options", None)
+        if getattr(self.method, "tracks_momentum", False) or getattr(options, "redistribution", "none") != "none":
+            raise ConfigError(f"method '{self.method.name}' keeps dense gradient statistics every step "
+                              "(momentum/redistribution) and cannot run on compressed layers; use the "
+                              "masked-dense engine, or redistribution='none'")
+
+    # --- accessors (the engine interface methods use) ---------------------------------------------
+    def is_compressed(self, name: str) -> bool:
+        return name in self.layers
+
+    def param(self, name: str) -> nn.Parameter:
+        """The dense weight, or for a compressed layer its values vector (CSR storage order)."""
+        return self.layers[name].values if name in self.layers else super().param(name)
+
+    def dense_grad(self, name: str) -> torch.Tensor:
+        """∂L/∂W; for a compressed layer this forms the whole dense matrix (prefer
+        :meth:`dense_grad_rows`)."""
+        if name not in self.layers:
+            return super().dense_grad(name)
+        return self.dense_grad_rows(name, slice(0, self.layers[name].out_features))
+
+    def dense_grad_rows(self, name: str, rows: slice) -> torch.Tensor:
+        """Rows of ∂L/∂W = gᵀx from the factors captured at this update step's backward pass
+        (summed over every use of the layer); zeros if none were captured."""
+        if name not in self.layers:
+            return super().dense_grad_rows(name, rows)
+        layer = self.layers[name]
+        factors = self._factors(name)
+        if factors is None:
+            n = len(range(*rows.indices(layer.out_features)))
+            return layer.values.new_zeros(n, layer.in_features)
+        x, g = factors
+        return g[:, rows].T @ x
+
+    def _factors(self, name: str) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        if name not in self._factor_cache:
+            cap = self.layers[name].capture or []
+            self._factor_cache[name] = (torch.cat([x for x, _ in cap]), torch.cat([g for _, g in cap])) if cap else None
+        return self._factor_cache[name]
+
+    def _arm_capture(self) -> None:
+        """Capture (x, ∂L/∂y) in the backward pass of the coming step iff it updates the topology."""
+        update = self.method.is_update_step(self.step)
+        for layer in self.layers.values():
+            layer.capture = [] if update else None
+        self._factor_cache = {}
+
+    def _dense_targets(self):
+        return [t for t in self.targets if t.name not in self.layers]
+
+    # --- hooks ----------------------------------------------------------------------------------
+    def after_step(self) -> None:
+        super().after_step()
+        self._arm_capture()
+
+    @torch.no_grad()
+    def _mask_gradients(self) -> None:
+        for t in self._dense_targets():
+            if t.param.grad is not None:
+                t.param.grad.mul_(self.masks[t.name])
+
+    def apply_masks(self) -> None:
+        apply_masks(self._dense_targets(), self.masks)
+
+    # --- topology update of a compressed layer ---------------------------------------------------
+    def _update_layer(self, name: str, n_drop: int, n_grow: int) -> int:
+        if name not in self.layers:
+            return super()._update_layer(name, n_drop, n_grow)
+        layer = self.layers[name]
+        old = layer.flat_indices()
+        keep = topk_mask(self._drop_scores(name, old), layer.nnz - n_drop)
+        kept = old[keep]
+        grown = self._grow(name, kept, n_grow)
+        new = self._broadcast_positions(torch.sort(torch.cat([kept, grown])).values)
+        pos, found = match(old, new)
+        self._move_state(layer, new, pos, found)
+        self.masks[name] = layer.mask_view()
+        return int(new.numel() - int(found.sum()))
+
+    def _drop_scores(self, name: str, old: torch.Tensor) -> torch.Tensor:
+        """Drop scores over the active entries (a dense-shaped score is gathered at them)."""
+        s = self.method.drop_scores(self, name).reshape(-1)
+        if s.numel() == old.numel():
+            return s
+        if s.numel() == self._by_name[name].param.numel():
+            return s[old]
+        raise ValueError(f"drop scores of '{name}' have {s.numel()} entries, expected {old.numel()} "
+                         "(active values) or the dense size")
+
+    def _grow(self, name: str, kept: torch.Tensor, k: int) -> torch.Tensor:
+        if k == 0:
+            return kept.new_zeros(0)
+        return streaming_topk(self._score_blocks(name, kept), k)
+
+    def _score_blocks(self, name: str, kept: torch.Tensor) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+        """(offset, grow scores, eligible) per block of rows; kept connections are ineligible."""
+        n_rows, n_cols = self.layers[name].shape
+        scorer = self._row_scorer(name, n_cols)
+        step = max(1, self.block_elems // n_cols)
+        for r0 in range(0, n_rows, step):
+            r1 = min(n_rows, r0 + step)
+            lo, hi = r0 * n_cols, r1 * n_cols
+            a, b = torch.searchsorted(kept, torch.tensor([lo, hi], device=kept.device)).tolist()
+            eligible = torch.ones(hi - lo, dtype=torch.bool, device=kept.device)
+            eligible[kept[a:b] - lo] = False
+            yield lo, scorer(slice(r0, r1)), eligible
+
+    def _row_scorer(self, name: str, n_cols: int):
+        """Block scores from the method's row hook; if a method overrides ``grow_scores`` but not
+        the row hook (stale hook inherited from a parent), score the whole layer once instead."""
+        if issubclass(_defined_in(self.method, "grow_scores_rows"), _defined_in(self.method, "grow_scores")):
+            return lambda rows: self.method.grow_scores_rows(self, name, rows, n_cols)
+        whole = self.method.grow_scores(self, name).reshape(-1, n_cols)
+        return lambda rows: whole[rows]
+
+    def _broadcast_positions(self, flat: torch.Tensor) -> torch.Tensor:
+        """Rank 0's new pattern on every rank (the counts agree, so shapes match)."""
+        if self._distributed():
+            dist.broadcast(flat, src=0)
+        return flat
+
+    @torch.no_grad()
+    def _move_state(self, layer: SparseLinear, new: torch.Tensor, pos: torch.Tensor, found: torch.Tensor) -> None:
+        """Re-index values, gradient and per-weight optimizer state to the new pattern."""
+        p = layer.values
+        state = self.optimizer.state.get(p, {}) if self.optimizer is not None else {}
+        for key, value in list(state.items()):
+            if torch.is_tensor(value) and value.shape == p.shape:
+                state[key] = carry(value, pos, found)
+        grad = None if p.grad is None else carry(p.grad, pos, found)
+        layer.set_pattern(new, carry(p.detach(), pos, found))
+        p.grad = grad
+
+    # --- reporting and persistence ---------------------------------------------------------------
+    def density_report(self) -> dict:
+        """As the base engine's; model-level counts use the logical (dense) size of compressed
+        layers, whose parameters physically hold only nnz values."""
+        rep = super().density_report()
+        if "model_params" in rep:
+            extra = sum(l.out_features * l.in_features - l.nnz for l in self.layers.values())
+            total, nonzero = rep["model_params"] + extra, rep["model_nonzero_params"] + extra
+            rep.update(model_params=total, model_nonzero_params=nonzero, model_density=nonzero / max(1, total))
+        return rep
+
+    def state_dict(self) -> dict:
+        """As the base engine's; masks of compressed layers are sparse COO bool tensors (they
+        deep-copy and ``torch.save`` like any tensor; the masked-dense engine loads them too)."""
+        state = super().state_dict()
+        for name, layer in self.layers.items():
+            state["masks"][name] = _coo_mask(layer)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore the engine state. Compressed layers take their pattern from the model's
+        state_dict (load that first); the saved mask must agree with it."""
+        super().load_state_dict(state)
+        self._arm_capture()
+
+    def _restore_mask(self, name: str, mask: torch.Tensor) -> None:
+        if name not in self.layers:
+            return super()._restore_mask(name, mask)
+        layer = self.layers[name]
+        if not torch.equal(_positions(mask).to(layer.col_indices.device), layer.flat_indices()):
+            raise CheckpointError(f"the saved mask of '{name}' differs from the layer's sparse "
+                                  "structure; load the model's state_dict before the engine's")
+        self.masks[name] = layer.mask_view()
+
+
+def _coo_mask(layer: SparseLinear) -> torch.Tensor:
+    idx = torch.stack([row_ids(layer.crow_indices), layer.col_indices.long()])
+    ones = torch.ones(layer.nnz, dtype=torch.bool, device=idx.device)
+    return torch.sparse_coo_tensor(idx, ones, layer.shape, is_coalesced=True)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    """Sorted flat positions of the True entries of a dense, CSR or COO mask."""
+    if mask.layout == torch.sparse_csr:
+        return flat_from_csr(mask.crow_indices(), mask.col_indices(), mask.shape[1])
+    if mask.layout == torch.sparse_coo:
+        mask = mask.coalesce()
+        idx = mask.indices()[:, mask.values()]
+        return idx[0] * mask.shape[1] + idx[1]
+    return flat_from_mask(mask)
+
+
+def use_sparse_backend(model: nn.Module, engine: SparsityEngine, **options) -> SparseEngine:
+    """Switch a training run to the truly sparse CPU backend; returns the engine to use from now on.
+
+    Eligible Linear layers of ``model`` (that of ``engine``) are replaced in place by
+    :class:`SparseLinear`; ``engine.optimizer``'s parameter groups and state follow. Options:
+    ``max_density``, ``min_size``, ``overrides``, ``block_elems`` (see :class:`SparseEngine`).
+    Call it after building the engine and optimizer, before the first step (or between steps).
+    """
+    if unwrap(model) is not engine.model:
+        raise ConfigError("use_sparse_backend: 'model' is not the model the engine was built on")
+    if isinstance(engine, SparseEngine):
+        raise ConfigError("the engine already uses the sparse backend")
+    return SparseEngine.from_engine(engine, **options)

@@ -1,0 +1,78 @@
+"""The sparse linear map y = x Wᵀ + b as a custom autograd function on MKL CSR kernels.
+
+With W (out × in) stored as CSR values v at pattern P:
+
+* forward:      yᵀ = W xᵀ                  ``torch.sparse.mm(W, xᵀ)``  (CSR × dense)
+* input grad:   ∂L/∂xᵀ = Wᵀ (∂L/∂y)ᵀ       ``torch.sparse.mm(Wᵀ, gᵀ)`` with Wᵀ's CSR kept per topology
+* weight grad:  ∂L/∂v = ((∂L/∂y)ᵀ x)|_P    ``torch.sparse.sampled_addmm`` — only the nonzeros
+
+so every product costs O(nnz · batch). ``F.linear(x, W_csr)`` and dense × CSR products are
+several times slower on CPU (measured in docs/performance.md) and are avoided. Computing yᵀ
+rather than y makes the output a transposed view whose ``.T`` is contiguous, so the next layer's
+``xᵀ`` costs no copy.
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+
+from .csr import Transposed, csr_tensor
+
+
+class Pattern(NamedTuple):
+    """Everything a product needs besides the values: shape, W's CSR indices, Wᵀ's structure."""
+
+    shape: Tuple[int, int]
+    crow: torch.Tensor
+    col: torch.Tensor
+    t: Transposed
+
+    def matrix(self, values: torch.Tensor) -> torch.Tensor:
+        return csr_tensor(self.crow, self.col, values, self.shape)
+
+    def transposed_matrix(self, values: torch.Tensor) -> torch.Tensor:
+        return csr_tensor(self.t.crow, self.t.row, values[self.t.perm], (self.shape[1], self.shape[0]))
+
+
+class SparseLinearFunction(torch.autograd.Function):
+    """Autograd function of :func:`sparse_linear` (inputs are 2-D)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor],
+                pattern: Pattern, sink: Optional[List]) -> torch.Tensor:
+        y = torch.sparse.mm(pattern.matrix(values), x.T).T
+        if bias is not None:
+            y = y + bias
+        ctx.save_for_backward(x, values)
+        ctx.pattern, ctx.sink, ctx.has_bias = pattern, sink, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, values = ctx.saved_tensors
+        pattern = ctx.pattern
+        grad_x = grad_v = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.sparse.mm(pattern.transposed_matrix(values), grad.T).T
+        if ctx.needs_input_grad[1]:
+            # beta=0: the pattern's own values are not added in, only the sampled product
+            grad_v = torch.sparse.sampled_addmm(pattern.matrix(values), grad.T, x, beta=0.0).values()
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        if ctx.sink is not None:
+            # RigL-style grow scores need the dense gradient ∂L/∂W = gᵀx; keep its factors
+            ctx.sink.append((x.detach(), grad.detach()))
+        return grad_x, grad_v, grad_b, None, None
+
+
+def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor],
+                  pattern: Pattern, sink: Optional[List] = None) -> torch.Tensor:
+    """y = x Wᵀ + b for W = CSR(pattern, values); any leading batch dimensions.
+
+    ``sink``, if a list, receives ``(x, ∂L/∂y)`` (2-D) at each backward pass, from which the
+    dense weight gradient can be formed block by block (see ``SparseEngine.dense_grad_rows``).
+    """
+    lead = x.shape[:-1]
+    y = SparseLinearFunction.apply(x.reshape(-1, x.shape[-1]), values, bias, pattern, sink)
+    return y.reshape(*lead, pattern.shape[0])

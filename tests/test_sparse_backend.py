@@ -1,0 +1,286 @@
+"""The truly sparse CPU backend agrees with the masked-dense engine and keeps its invariants."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from sparsetrain.errors import CheckpointError, ConfigError
+from sparsetrain.sparse import (BackendPolicy, SparseEngine, SparseLinear, densify_model, export_sparse,
+                                load_sparse, sparsify_model, use_sparse_backend)
+from sparsetrain.sparse.csr import carry, flat_from_csr, match, random_flat, transpose
+from sparsetrain.sparse.streaming import streaming_topk
+from sparsetrain.sparsity.engine import SparsityEngine
+from sparsetrain.sparsity.topk import topk_mask
+
+
+def mlp(seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 5)).to(dtype)
+
+
+def batches(n, seed=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 20, generator=g, dtype=dtype), torch.randint(0, 5, (16,), generator=g))
+            for _ in range(n)]
+
+
+def train(model, engine, opt, data):
+    for x, y in data:
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        if engine.after_backward():
+            opt.step()
+        engine.after_step()
+
+
+def pair(method, make_opt, **kw):
+    """The same model, optimizer and engine settings on both backends (every layer compressed)."""
+    opts = dict(sparsity=0.8, distribution="erk", total_steps=40, seed=3, **kw)
+    a, b = mlp(), mlp()
+    oa, ob = make_opt(a), make_opt(b)
+    ea = SparsityEngine(a, oa, method, **opts)
+    eb = SparseEngine(b, ob, method, max_density=1.0, min_size=0, block_elems=100, **opts)
+    return (a, oa, ea), (b, ob, eb)
+
+
+def sgd(m):
+    return torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+def adam(m):
+    return torch.optim.Adam(m.parameters(), lr=0.01)
+
+
+def assert_same_state(dense, sparse):
+    (a, oa, ea), (b, ob, eb) = dense, sparse
+    assert set(eb.layers) == set(ea.masks)
+    for name, layer in eb.layers.items():
+        mask = ea.masks[name]
+        assert torch.equal(layer.mask(), mask), name
+        assert torch.allclose(layer.dense_weight(), ea.param(name).detach(), atol=1e-12), name
+        for key, value in ob.state[layer.values].items():
+            if torch.is_tensor(value) and value.shape == layer.values.shape:
+                assert torch.allclose(value, oa.state[ea.param(name)][key][mask], atol=1e-12), (name, key)
+    for xa, xb in zip(a.parameters(), b.parameters()):
+        if xa.shape == xb.shape:  # biases
+            assert torch.allclose(xa, xb, atol=1e-12)
+
+
+# --- kernels ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_forward_and_gradients_match_masked_dense(dtype, tol):
+    torch.manual_seed(0)
+    lin = nn.Linear(50, 30).to(dtype)
+    mask = torch.rand(30, 50) < 0.2
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    layer = SparseLinear.from_dense(lin, mask)
+    x = torch.randn(4, 3, 50, dtype=dtype, requires_grad=True)  # extra batch dimension
+    xs = x.detach().clone().requires_grad_()
+    y, ys = lin(x), layer(xs)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ys.backward(g)
+    assert torch.allclose(ys, y, atol=tol)
+    assert torch.allclose(xs.grad, x.grad, atol=tol)
+    assert torch.allclose(layer.values.grad, lin.weight.grad[mask], atol=tol)
+    assert torch.allclose(layer.bias.grad, lin.bias.grad, atol=tol)
+    assert layer.values.grad.shape == (int(mask.sum()),)
+
+
+def test_weight_gradient_by_hand():
+    # W = [[0, 2], [3, 0]] (2 nonzeros), x = [[1, 10]], g = [[1, 100]]: ∂L/∂W = gᵀx = [[1, 10], [100, 1000]]
+    layer = SparseLinear(2, 2, torch.tensor([1, 2]), torch.tensor([2.0, 3.0]), bias=None)
+    x = torch.tensor([[1.0, 10.0]], requires_grad=True)
+    y = layer(x)
+    assert y.tolist() == [[20.0, 3.0]]
+    y.backward(torch.tensor([[1.0, 100.0]]))
+    assert layer.values.grad.tolist() == [10.0, 100.0]          # only the two active entries
+    assert x.grad.tolist() == [[300.0, 2.0]]                     # g W
+
+
+def test_csr_helpers():
+    crow, col = torch.tensor([0, 2, 2, 3], dtype=torch.int32), torch.tensor([0, 3, 1], dtype=torch.int32)
+    assert flat_from_csr(crow, col, 4).tolist() == [0, 3, 9]
+    t = transpose(crow, col, (3, 4))                               # Wᵀ is 4 × 3
+    assert t.crow.tolist() == [0, 1, 2, 2, 3] and t.row.tolist() == [0, 2, 0] and t.perm.tolist() == [0, 2, 1]
+    pos, found = match(torch.tensor([0, 3, 9]), torch.tensor([3, 5, 9]))
+    assert found.tolist() == [True, False, True]
+    assert carry(torch.tensor([1.0, 2.0, 3.0]), pos, found).tolist() == [2.0, 0.0, 3.0]
+    flat = random_flat((100, 37), 500, torch.Generator().manual_seed(0))
+    assert flat.numel() == 500 and torch.unique(flat).numel() == 500 and bool((flat.diff() > 0).all())
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 10_000])
+def test_streaming_topk_equals_topk_mask(block):
+    g = torch.Generator().manual_seed(block)
+    scores = torch.randint(0, 5, (600,), generator=g).float()     # many ties: the tie rule matters
+    scores[::37] = float("nan")
+    eligible = torch.rand(600, generator=g) < 0.7
+    for k in (0, 1, 13, int(eligible.sum())):
+        blocks = [(i, scores[i:i + block], eligible[i:i + block]) for i in range(0, 600, block)]
+        got = streaming_topk(blocks, k)
+        want = torch.nonzero(topk_mask(scores, k, eligible=eligible)).squeeze(1)
+        assert torch.equal(got, want), k
+
+
+# --- engine equivalence -------------------------------------------------------------------------------
+@pytest.mark.parametrize("method,make_opt", [("rigl", sgd), ("set", sgd), ("rigl", adam), ("static", sgd)])
+def test_training_matches_masked_dense(method, make_opt):
+    dense, sparse = pair(method, make_opt, **({} if method == "static" else {"delta_t": 3}))
+    assert_same_state(dense, sparse)
+    data = batches(8)
+    train(dense[0], dense[2], dense[1], data)
+    train(sparse[0], sparse[2], sparse[1], data)
+    if method != "static":
+        assert dense[2].last_update is not None and dense[2].last_update["grown"] > 0
+        assert sparse[2].last_update["per_layer"] == dense[2].last_update["per_layer"]
+    assert_same_state(dense, sparse)
+
+
+def test_rigl_grows_where_the_dense_gradient_is_largest():
+    (_, _, ea), (b, ob, eb) = pair("rigl", sgd, delta_t=1, start=0)
+    x, y = batches(1)[0]
+    ob.zero_grad()
+    nn.functional.cross_entropy(b(x), y).backward()
+    assert not eb.after_backward()                                   # RigL skips the SGD step
+    name, layer = next(iter(eb.layers.items()))
+    grad = eb.dense_grad(name)                                        # gᵀx, formed from the capture
+    old = layer.mask()
+    eb.after_step()
+    grown = layer.mask() & ~old
+    assert int(grown.sum()) > 0
+    assert float(grad.abs()[grown].min()) >= float(grad.abs()[~layer.mask() & ~old].max())
+
+
+def test_update_invariants_exact_count_zero_init_zero_state():
+    _, (b, ob, eb) = pair("set", adam, delta_t=2)                  # updates at steps 2, 4, ...
+    counts = {n: l.nnz for n, l in eb.layers.items()}
+    train(b, eb, ob, batches(2))
+    x, y = batches(1, seed=5)[0]
+    ob.zero_grad()
+    nn.functional.cross_entropy(b(x), y).backward()
+    assert eb.after_backward()                                         # SET takes the SGD/Adam step
+    ob.step()
+    before = {n: (l.flat_indices(), l.values.detach().clone(), ob.state[l.values]["exp_avg"].clone())
+              for n, l in eb.layers.items()}
+    eb.after_step()                                                    # step 2: topology update
+    assert eb.last_update["step"] == 2
+    for name, layer in eb.layers.items():
+        assert layer.nnz == counts[name] == int(eb.masks[name].sum())
+        old_flat, old_values, old_m = before[name]
+        pos, found = match(old_flat, layer.flat_indices())
+        assert int((~found).sum()) == eb.last_update["per_layer"][name] > 0
+        assert bool((layer.values[~found] == 0).all())
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert bool((ob.state[layer.values][key][~found] == 0).all())
+        assert torch.equal(ob.state[layer.values]["exp_avg"][found], old_m[pos[found]])
+        assert torch.equal(layer.values.detach()[found], old_values[pos[found]])
+
+
+def test_mixed_backends_and_policy():
+    model = mlp()
+    engine = SparsityEngine(model, sgd(model), "set", sparsity=0.9, distribution="erk", total_steps=20)
+    sp = use_sparse_backend(model, engine, max_density=0.2, min_size=2000)
+    assert set(sp.layers) == {"2.weight"}                             # 20×64 and 48×5 are too small
+    assert isinstance(model[2], SparseLinear) and type(model[0]) is nn.Linear
+    assert sp.is_compressed("2.weight") and not sp.is_compressed("0.weight")
+    train(model, sp, sp.optimizer, batches(3))
+    rep = sp.density_report()
+    assert rep["model_params"] == sum(p.numel() for p in mlp().parameters())
+    with pytest.raises(ConfigError):
+        use_sparse_backend(model, sp)
+    policy = BackendPolicy(0.1, 100, {"head*": "dense", "big": "sparse"})
+    assert policy.choose("head.weight", 10 ** 6, 0.01) == "dense"
+    assert policy.choose("big", 10, 0.9) == "sparse"
+    assert policy.choose("x", 10 ** 6, 0.05) == "sparse" and policy.choose("x", 10 ** 6, 0.5) == "dense"
+    with pytest.raises(ConfigError):
+        BackendPolicy(overrides={"x": "csr"})
+
+
+def test_snfs_is_refused_on_compressed_layers():
+    model = mlp()
+    with pytest.raises(ConfigError, match="masked-dense"):
+        SparseEngine(model, None, "snfs", sparsity=0.9, total_steps=20, max_density=1.0, min_size=0)
+
+
+def test_sparsify_and_densify_round_trip_keep_outputs_and_state():
+    model = mlp()
+    opt = sgd(model)
+    engine = SparsityEngine(model, opt, "static", sparsity=0.8, distribution="erk", total_steps=10)
+    train(model, engine, opt, batches(2))
+    x = batches(1, seed=9)[0][0]
+    ref = model(x)
+    mom = opt.state[model[2].weight]["momentum_buffer"].clone()
+    masks = {n: m.clone() for n, m in engine.masks.items()}
+    layers = sparsify_model(model, masks, max_density=1.0, min_size=0, optimizer=opt)
+    assert set(layers) == set(masks)
+    assert torch.allclose(model(x), ref, atol=1e-12)
+    assert torch.equal(opt.state[model[2].values]["momentum_buffer"], mom[masks["2.weight"]])
+    back = densify_model(model, opt)
+    assert all(torch.equal(back[n], masks[n]) for n in masks)
+    assert torch.allclose(model(x), ref, atol=1e-12)
+    assert torch.equal(opt.state[model[2].weight]["momentum_buffer"], mom * masks["2.weight"])
+
+
+def test_checkpoint_round_trip():
+    (_, _, _), (b, ob, eb) = pair("rigl", sgd, delta_t=2)
+    train(b, eb, ob, batches(3))
+    state = copy.deepcopy({"model": b.state_dict(), "opt": ob.state_dict(), "engine": eb.state_dict()})
+    _, (c, oc, ec) = pair("rigl", sgd, delta_t=2)
+    c.load_state_dict(state["model"])
+    oc.load_state_dict(state["opt"])
+    ec.load_state_dict(state["engine"])
+    data = batches(3, seed=7)
+    train(b, eb, ob, data)
+    train(c, ec, oc, data)
+    for name in eb.layers:
+        assert torch.equal(eb.layers[name].flat_indices(), ec.layers[name].flat_indices())
+        assert torch.allclose(eb.layers[name].values, ec.layers[name].values, atol=1e-12)
+    bad = copy.deepcopy(state["engine"])
+    bad["masks"]["2.weight"] = torch.ones(48, 64, dtype=torch.bool)
+    with pytest.raises(CheckpointError):
+        ec.load_state_dict(bad)
+
+
+def test_from_sparse_model_has_the_engine_interface():
+    torch.manual_seed(0)
+    model = nn.Sequential(SparseLinear.random(30, 40, 0.1), nn.ReLU(), SparseLinear.random(40, 4, 0.5))
+    opt = adam(model)
+    eng = SparseEngine.from_sparse_model(model, opt, "rigl", total_steps=10, delta_t=2)
+    ref = SparseEngine(mlp(), None, "rigl", sparsity=0.9, total_steps=10, max_density=1.0, min_size=0)
+    assert set(vars(eng)) == set(vars(ref))
+    nnz = [l.nnz for l in eng.layers.values()]
+    x, y = torch.randn(8, 30), torch.randint(0, 4, (8,))
+    for _ in range(4):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        eng.step_optimizer()
+    assert eng.last_update["step"] == 2 and [l.nnz for l in eng.layers.values()] == nnz
+
+
+def test_export_load_round_trip(tmp_path):
+    model = mlp(dtype=torch.float32)
+    engine = SparsityEngine(model, None, "static", sparsity=0.9, distribution="erk", total_steps=10)
+    sp = use_sparse_backend(model, engine, max_density=0.5, min_size=1000)
+    x = torch.randn(7, 20)
+    with torch.no_grad():
+        ref = model(x)
+    path = tmp_path / "m.safetensors"
+    export_sparse(model, path, masks=sp.masks)
+    ckpt = load_sparse(path)
+    assert set(ckpt.masks()) == set(sp.masks)
+    for name, mask in sp.masks.items():
+        assert torch.equal(ckpt.masks()[name], mask.to_dense() if mask.layout != torch.strided else mask)
+    fresh = mlp(seed=5, dtype=torch.float32)
+    ckpt.load_into(fresh)                         # compressed layers come back as SparseLinear
+    assert isinstance(fresh[2], SparseLinear)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), ref, atol=1e-6)
+    dense = mlp(seed=6, dtype=torch.float32)
+    dense.load_state_dict(ckpt.dense_state_dict())
+    with torch.no_grad():
+        assert torch.allclose(dense(x), ref, atol=1e-6)
+    dense_bytes = sum(t.numel() * t.element_size() for t in mlp(dtype=torch.float32).state_dict().values())
+    assert path.stat().st_size < dense_bytes
