@@ -63,14 +63,16 @@ def _scaled(shapes: Shapes, sparsity: float, dense: Iterable[str], custom: Mappi
     custom = dict(custom or {})
     forced = set(dense)
     _check(shapes, sparsity, forced, custom)
-    raw = {n: score(s) for n, s in shapes.items() if n not in custom}
-    dense_set = set(forced)
+    # forced-dense layers sit outside the budget like custom ones (official code: a custom-map
+    # entry of sparsity 0); only layers made dense by the capacity rule below consume it
+    raw = {n: score(s) for n, s in shapes.items() if n not in custom and n not in forced}
+    dense_set: set = set()
     while True:
         free = [n for n in raw if n not in dense_set]
         if not free:
             break
         rhs = sum(_numel(shapes[n]) - count_zeros(_numel(shapes[n]), sparsity) for n in free)
-        rhs -= sum(count_zeros(_numel(shapes[n]), sparsity) for n in dense_set if n in raw)
+        rhs -= sum(count_zeros(_numel(shapes[n]), sparsity) for n in dense_set)
         eps = rhs / sum(raw[n] * _numel(shapes[n]) for n in free)
         top = max(raw[n] for n in free)
         if eps * top <= 1.0:
@@ -80,7 +82,7 @@ def _scaled(shapes: Shapes, sparsity: float, dense: Iterable[str], custom: Mappi
     for n in shapes:
         if n in custom:
             out[n] = custom[n]
-        elif n in dense_set:
+        elif n in forced or n in dense_set:
             out[n] = 1.0
         else:
             out[n] = max(0.0, eps * raw[n])
