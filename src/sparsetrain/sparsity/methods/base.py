@@ -8,7 +8,6 @@ zero-init, optimizer-state reset, distributed sync), so a method file stays shor
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, Mapping, Optional, Tuple
 
@@ -18,6 +17,7 @@ from ...errors import ConfigError
 from ...flops import training_flops_snfs, training_flops_static
 from ..masks import random_masks
 from ..schedules import DECAYS, UpdateSchedule, drop_fraction
+from ..topk import count_zeros
 from .redistribution import REDISTRIBUTIONS, apportion, layer_statistic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -75,13 +75,9 @@ class Method:
         return 0.0
 
     def allocate(self, engine: "SparsityEngine", fraction: float) -> Dict[str, Tuple[int, int]]:
-        """(n_drop, n_grow) per layer: floor(f·n_active) each, so every layer keeps its count."""
-        out = {}
-        for t in engine.targets:
-            n = int(engine.masks[t.name].sum())
-            k = int(math.floor(fraction * n))
-            out[t.name] = (k, k)
-        return out
+        """(n_drop, n_grow) per layer. The topology of a static method never changes, so an
+        explicit ``engine.update_masks(f)`` is a no-op rather than an error."""
+        return {t.name: (0, 0) for t in engine.targets}
 
     def drop_scores(self, engine: "SparsityEngine", name: str) -> torch.Tensor:
         """Scores of active weights; the lowest are dropped. Default: |w|."""
@@ -205,7 +201,13 @@ class DynamicMethod(Method):
             self.ema[t.name] = g.clone() if m is None else m.mul_(beta).add_(g, alpha=1 - beta)
 
     def allocate(self, engine: "SparsityEngine", fraction: float) -> Dict[str, Tuple[int, int]]:
-        base = super().allocate(engine, fraction)
+        """floor(f·n_active) dropped and as many grown per layer, so every layer keeps its count
+        (count_zeros' rounding makes e.g. 0.29·100 drop 29, not 28); with redistribution the
+        grown counts follow the layer statistic and only the global count is kept."""
+        base = {}
+        for t in engine.targets:
+            k = count_zeros(int(engine.masks[t.name].sum()), fraction)
+            base[t.name] = (k, k)
         if self.options.redistribution == "none":
             return base
         stats = {t.name: layer_statistic(self.options.redistribution, engine.param(t.name),
