@@ -41,7 +41,9 @@ class RigL(SET):
                                  if not engine.is_compressed(t.name)}
 
     def grow_scores(self, engine, name: str) -> torch.Tensor:
-        return self._grad_scores[name]
+        # an explicit engine.update_masks(f) outside the hooks has no snapshot: read .grad now
+        snap = self._grad_scores.get(name)
+        return engine.dense_grad(name).abs() if snap is None else snap
 
     def grow_scores_rows(self, engine, name: str, rows: slice, n_cols: int) -> torch.Tensor:
         return engine.dense_grad_rows(name, rows).abs()

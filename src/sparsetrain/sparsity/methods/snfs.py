@@ -32,4 +32,6 @@ class SNFS(SET):
         return True
 
     def grow_scores(self, engine, name: str) -> torch.Tensor:
-        return self.ema[name].abs()
+        # before the first observed gradient (explicit update_masks) the EMA is the gradient itself
+        m = self.ema.get(name)
+        return engine.dense_grad(name).abs() if m is None else m.abs()
