@@ -164,7 +164,9 @@ class SparsityEngine:
         grow = topk_mask(self.method.grow_scores(self, name), n_grow, eligible=~keep) if n_grow else keep & False
         new = self._broadcast(keep | grow)
         fresh = new & ~old
-        self.param(name)[fresh] = 0.0
+        # survivors (kept, or dropped and regrown) keep their value (RigL code: reinit_when_same
+        # False); new connections start at zero and dropped ones are zeroed now, not at after_step
+        self.param(name).mul_(new & old)
         self._reset_optimizer_state(self.param(name), fresh)
         self.masks[name] = new
         return int(fresh.sum())
