@@ -38,8 +38,9 @@ def apportion(stats: Mapping[str, float], total: int, capacity: Mapping[str, int
     free = {n for n in stats if capacity[n] > 0}
     left = total
     while left > 0 and free:
-        weight = sum(stats[n] for n in free) or float(len(free))
-        share = {n: left * ((stats[n] or 0.0) / weight if weight else 1.0 / len(free)) for n in free}
+        # layers left with room may all have a zero statistic: share evenly among them then
+        weight = sum(stats[n] for n in free)
+        share = {n: left * stats[n] / weight if weight > 0 else left / len(free) for n in free}
         part = {n: min(math.floor(share[n]), capacity[n] - out[n]) for n in free}
         rest = left - sum(part.values())
         # hand out the rounding remainder by largest fractional part (ties: name order)
