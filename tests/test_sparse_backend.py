@@ -68,14 +68,15 @@ def assert_same_state(dense, sparse):
 
 
 # --- kernels ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_forward_and_gradients_match_masked_dense(dtype, tol):
+@pytest.mark.parametrize("dtype,tol,cache", [(torch.float64, 1e-12, True), (torch.float32, 1e-5, True),
+                                             (torch.float64, 1e-12, False)])
+def test_forward_and_gradients_match_masked_dense(dtype, tol, cache):
     torch.manual_seed(0)
     lin = nn.Linear(50, 30).to(dtype)
     mask = torch.rand(30, 50) < 0.2
     with torch.no_grad():
         lin.weight.mul_(mask)
-    layer = SparseLinear.from_dense(lin, mask)
+    layer = SparseLinear.from_dense(lin, mask, cache_transpose=cache)
     x = torch.randn(4, 3, 50, dtype=dtype, requires_grad=True)  # extra batch dimension
     xs = x.detach().clone().requires_grad_()
     y, ys = lin(x), layer(xs)
@@ -87,6 +88,7 @@ def test_forward_and_gradients_match_masked_dense(dtype, tol):
     assert torch.allclose(layer.values.grad, lin.weight.grad[mask], atol=tol)
     assert torch.allclose(layer.bias.grad, lin.bias.grad, atol=tol)
     assert layer.values.grad.shape == (int(mask.sum()),)
+    assert (layer._transposed is not None) == cache                # Wᵀ kept only when asked
 
 
 def test_weight_gradient_by_hand():

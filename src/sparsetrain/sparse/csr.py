@@ -76,11 +76,11 @@ def flat_from_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def transpose(crow: torch.Tensor, col: torch.Tensor, shape: Tuple[int, int]) -> Transposed:
-    """CSR structure of Wᵀ. Sorting entries by (col, row) gives Wᵀ's storage order; the
-    permutation is stored once per topology so that each backward pass only gathers values."""
+    """CSR structure of Wᵀ. Entries are stored by row, so a *stable* sort by column gives Wᵀ's
+    storage order (column, then row); a radix-sortable int32 key keeps this O(nnz)."""
+    perm = torch.sort(col, stable=True).indices
     rows = row_ids(crow)
-    perm = torch.argsort(col.long() * shape[0] + rows)
-    return Transposed(crow_from_rows(col.long()[perm], shape[1]), rows[perm].to(INDEX_DTYPE),
+    return Transposed(crow_from_rows(col.long(), shape[1]), rows[perm].to(INDEX_DTYPE),
                       perm.to(INDEX_DTYPE))
 
 

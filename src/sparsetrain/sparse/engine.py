@@ -60,7 +60,8 @@ class SparseEngine(SparsityEngine):
     does, then compresses), from an existing engine (:meth:`from_engine`,
     :func:`use_sparse_backend`), or around a model built sparse from the start
     (:meth:`from_sparse_model`). Extra args: ``max_density``, ``min_size``, ``overrides`` (see
-    :class:`BackendPolicy`) and ``block_elems`` (memory bound of a growth step).
+    :class:`BackendPolicy`), ``cache_transpose`` (see :class:`SparseLinear`) and ``block_elems``
+    (memory bound of a growth step).
     ``layers`` maps weight names to the compressed layers; ``is_compressed(name)`` tells them apart.
     The engine does not support methods that read dense gradients every step or redistribute
     across layers (SNFS, ``redistribution``); those keep a dense statistic by definition.
@@ -70,15 +71,15 @@ class SparseEngine(SparsityEngine):
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                  method: str = "rigl", *, max_density: float = 0.2, min_size: int = 1 << 16,
-                 overrides: Optional[Mapping[str, str]] = None, block_elems: int = DEFAULT_BLOCK_ELEMS,
-                 **engine_options):
+                 overrides: Optional[Mapping[str, str]] = None, cache_transpose: bool = True,
+                 block_elems: int = DEFAULT_BLOCK_ELEMS, **engine_options):
         super().__init__(model, optimizer, method, **engine_options)
         self.block_elems = int(block_elems)
-        self._compress(BackendPolicy(max_density, min_size, dict(overrides or {})))
+        self._compress(BackendPolicy(max_density, min_size, dict(overrides or {}), cache_transpose))
 
     @classmethod
     def from_engine(cls, engine: SparsityEngine, *, max_density: float = 0.2, min_size: int = 1 << 16,
-                    overrides: Optional[Mapping[str, str]] = None,
+                    overrides: Optional[Mapping[str, str]] = None, cache_transpose: bool = True,
                     block_elems: int = DEFAULT_BLOCK_ELEMS) -> "SparseEngine":
         """Take over a masked-dense engine's state (masks, step, generator, method) and compress
         its eligible layers in its model and optimizer. Use the returned engine from then on."""
@@ -86,7 +87,7 @@ class SparseEngine(SparsityEngine):
         new.__dict__.update(vars(engine))
         new.targets, new._by_name, new.masks = list(engine.targets), dict(engine._by_name), dict(engine.masks)
         new.block_elems = int(block_elems)
-        new._compress(BackendPolicy(max_density, min_size, dict(overrides or {})))
+        new._compress(BackendPolicy(max_density, min_size, dict(overrides or {}), cache_transpose))
         return new
 
     @classmethod
@@ -128,7 +129,8 @@ class SparseEngine(SparsityEngine):
                 continue
             density = float(self.masks[t.name].sum()) / t.param.numel()
             if policy.choose(t.name, t.param.numel(), density) == "sparse":
-                layers[t.name] = compress_linear(self.model, t.module_name, self.masks[t.name], self.optimizer)
+                layers[t.name] = compress_linear(self.model, t.module_name, self.masks[t.name], self.optimizer,
+                                                 policy.cache_transpose)
                 self._replace_target(_logical_target(t.name, t.module_name, t.shape))
         log.info("sparse backend: %d of %d layers compressed (%s)", len(layers), len(self.targets),
                  ", ".join(layers) or "none")
@@ -338,7 +340,8 @@ def use_sparse_backend(model: nn.Module, engine: SparsityEngine, **options) -> S
 
     Eligible Linear layers of ``model`` (that of ``engine``) are replaced in place by
     :class:`SparseLinear`; ``engine.optimizer``'s parameter groups and state follow. Options:
-    ``max_density``, ``min_size``, ``overrides``, ``block_elems`` (see :class:`SparseEngine`).
+    ``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems`` (see
+    :class:`SparseEngine`).
     Call it after building the engine and optimizer, before the first step (or between steps).
     """
     if unwrap(model) is not engine.model:

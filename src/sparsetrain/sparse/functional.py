@@ -13,7 +13,7 @@ rather than y makes the output a transposed view whose ``.T`` is contiguous, so 
 """
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -21,18 +21,20 @@ from .csr import Transposed, csr_tensor
 
 
 class Pattern(NamedTuple):
-    """Everything a product needs besides the values: shape, W's CSR indices, Wᵀ's structure."""
+    """Everything a product needs besides the values: shape, W's CSR indices, and a function
+    giving Wᵀ's structure (cached by the layer, or rebuilt on demand: see SparseLinear)."""
 
     shape: Tuple[int, int]
     crow: torch.Tensor
     col: torch.Tensor
-    t: Transposed
+    transposed: Callable[[torch.Tensor, torch.Tensor], Transposed]
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         return csr_tensor(self.crow, self.col, values, self.shape)
 
     def transposed_matrix(self, values: torch.Tensor) -> torch.Tensor:
-        return csr_tensor(self.t.crow, self.t.row, values[self.t.perm], (self.shape[1], self.shape[0]))
+        t = self.transposed(self.crow, self.col)
+        return csr_tensor(t.crow, t.row, values[t.perm], (self.shape[1], self.shape[0]))
 
 
 class SparseLinearFunction(torch.autograd.Function):

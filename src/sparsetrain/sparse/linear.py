@@ -29,32 +29,34 @@ class SparseLinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, flat: torch.Tensor, values: torch.Tensor,
-                 bias: Optional[torch.Tensor] = None):
+                 bias: Optional[torch.Tensor] = None, cache_transpose: bool = True):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
         self.values = nn.Parameter(values.detach().clone())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
         self.register_buffer("crow_indices", torch.zeros(0, dtype=INDEX_DTYPE))
         self.register_buffer("col_indices", torch.zeros(0, dtype=INDEX_DTYPE))
-        # Wᵀ's structure: derived data, rebuilt with every topology change, not saved
-        for name in ("t_crow", "t_row", "t_perm"):
-            self.register_buffer(name, torch.zeros(0, dtype=INDEX_DTYPE), persistent=False)
+        #: keep Wᵀ's structure (8 bytes per connection) between steps, or rebuild it in every
+        #: backward pass that needs the input gradient (a stable int32 sort of nnz keys)
+        self.cache_transpose = bool(cache_transpose)
+        self._transposed: Optional[Transposed] = None
         #: when a list, the backward pass appends (x, ∂L/∂y) to it (the engine's RigL capture)
         self.capture: Optional[List] = None
         self._set_pattern(flat.to(self.values.device))
 
     # --- construction -------------------------------------------------------------------------
     @classmethod
-    def from_dense(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None) -> "SparseLinear":
+    def from_dense(cls, linear: nn.Linear, mask: Optional[torch.Tensor] = None, **options) -> "SparseLinear":
         """The masked weights of ``linear`` (``mask`` defaults to its nonzeros)."""
         w = linear.weight.detach()
         flat = flat_from_mask(w != 0 if mask is None else mask.to(device=w.device, dtype=torch.bool))
         bias = None if linear.bias is None else linear.bias.detach()
-        return cls(linear.in_features, linear.out_features, flat, w.reshape(-1)[flat], bias)
+        return cls(linear.in_features, linear.out_features, flat, w.reshape(-1)[flat], bias, **options)
 
     @classmethod
     def random(cls, in_features: int, out_features: int, density: float, *, bias: bool = True,
-               generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32) -> "SparseLinear":
+               generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
+               **options) -> "SparseLinear":
         """Exact-count uniformly random connectivity with nn.Linear's default initialisation
         (weights and bias ~ U(−1/√in, 1/√in)), without ever allocating the dense matrix."""
         generator = generator or torch.Generator().manual_seed(0)
@@ -63,7 +65,7 @@ class SparseLinear(nn.Module):
         bound = 1.0 / math.sqrt(in_features)
         values = (torch.rand(n, generator=generator, dtype=dtype) * 2 - 1) * bound
         b = (torch.rand(out_features, generator=generator, dtype=dtype) * 2 - 1) * bound if bias else None
-        return cls(in_features, out_features, flat, values, b)
+        return cls(in_features, out_features, flat, values, b, **options)
 
     # --- structure ----------------------------------------------------------------------------
     @property
@@ -83,8 +85,25 @@ class SparseLinear(nn.Module):
         return flat_from_csr(self.crow_indices, self.col_indices, self.in_features)
 
     def pattern(self) -> Pattern:
-        return Pattern(self.shape, self.crow_indices, self.col_indices,
-                       Transposed(self.t_crow, self.t_row, self.t_perm))
+        return Pattern(self.shape, self.crow_indices, self.col_indices, self.transposed)
+
+    def transposed(self, crow: torch.Tensor, col: torch.Tensor) -> Transposed:
+        """Wᵀ's CSR structure for the pattern (crow, col); built at first use (the first layer of
+        a network never needs it) and kept while the pattern lives if ``cache_transpose``."""
+        cached = self._transposed
+        if cached is not None and cached[0] is col:
+            return cached[1]
+        t = transpose(crow, col, self.shape)
+        if self.cache_transpose and col is self.col_indices:
+            self._transposed = (col, t)
+        return t
+
+    def index_bytes(self) -> int:
+        """Bytes held for the structure: CSR indices plus the cached transpose, if any."""
+        n = self.crow_indices.numel() * 4 + self.col_indices.numel() * 4
+        if self._transposed is not None:
+            n += sum(x.numel() * x.element_size() for x in self._transposed[1])
+        return n
 
     def mask_view(self) -> torch.Tensor:
         """The mask as a sparse CSR bool tensor sharing this layer's indices (no dense memory)."""
@@ -129,10 +148,7 @@ class SparseLinear(nn.Module):
         if flat.numel() != self.values.numel():
             raise ValueError(f"{flat.numel()} positions for {self.values.numel()} values")
         self.crow_indices, self.col_indices = csr_from_flat(flat, self.shape)
-        self._rebuild_transpose()
-
-    def _rebuild_transpose(self) -> None:
-        self.t_crow, self.t_row, self.t_perm = transpose(self.crow_indices, self.col_indices, self.shape)
+        self._transposed = None
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,4 +168,4 @@ class SparseLinear(nn.Module):
             self.col_indices = torch.empty_like(col, device=self.col_indices.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        self._rebuild_transpose()
+        self._transposed = None

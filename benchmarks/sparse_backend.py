@@ -1,0 +1,314 @@
+"""Training-step and inference speed, and memory: dense vs masked-dense vs truly sparse vs rigl-torch.
+
+Regenerate the tables of docs/performance.md (about 15 minutes on 2 cores):
+
+    /work/venv/bin/python benchmarks/sparse_backend.py --out docs/perf/sparse_backend.json
+
+Protocol
+--------
+* MLPs 784-1024-1024-10 ("small") and 1024-4096-4096-4096-10 ("wide"), batch 128, float32,
+  SGD (lr 0.01, momentum 0.9), torch threads = 2, synthetic inputs (speed does not depend on data).
+* Sparsity is uniform over all Linear layers (no dense first layer). The masked-dense and sparse
+  backends run RigL through sparsetrain's engine; rigl-torch (PyPI ``rigl-torch``) runs its
+  RigLScheduler (uniform: it keeps the first layer dense; its compute is dense anyway).
+  The sparse backend uses the automatic per-layer rule (density <= 0.2 and >= 65,536 weights:
+  the 10-way output layers stay masked-dense).
+* Timing: for each (model, sparsity) all four configurations live in ONE process and are run in
+  interleaved rounds (each round runs every configuration for a few steps, in rotating order) so
+  machine noise hits all of them alike; we report medians. ΔT = 10 during timing so update steps
+  get sampled; "amortised" adds (update − regular)/100, the cost at the paper's ΔT = 100.
+* Memory: each configuration is also built in a fresh subprocess; after construction the kernel's
+  peak-RSS counter is reset (``/proc/self/clear_refs``) and 4 training steps (one a topology update)
+  are run; "peak RSS" is VmHWM minus the RSS before the model was built (interpreter, torch, data).
+  "Persistent" bytes are counted from the live tensors after training (parameters, index buffers,
+  optimizer state, engine masks; gradients listed apart), each storage counted once.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+MODELS = {"small": [784, 1024, 1024, 10], "wide": [1024, 4096, 4096, 4096, 10]}
+BACKENDS = ("dense", "masked", "sparse", "rigl-torch")
+BATCH, DELTA_T, PAPER_DELTA_T = 128, 10, 100
+
+
+def mlp(sizes: List[int], seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    layers: List[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def make_optimizer(model: nn.Module, kind: str) -> torch.optim.Optimizer:
+    if kind == "adam":
+        return torch.optim.Adam(model.parameters(), lr=1e-3)
+    return torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+
+@dataclass
+class Runner:
+    """One configuration: ``step()`` runs a training iteration and returns whether it was a
+    topology-update step; ``infer()`` runs a no-grad forward pass."""
+
+    name: str
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    step: Callable[[], bool]
+    extra: object = None
+
+    def infer(self, x: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.model(x)
+
+
+def _engine_step(model, opt, engine, x, y) -> Callable[[], bool]:
+    def step() -> bool:
+        update = engine.method.is_update_step(engine.step)
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        if engine.after_backward():
+            opt.step()
+        engine.after_step()
+        return update
+    return step
+
+
+def _dense_step(model, opt, x, y) -> Callable[[], bool]:
+    def step() -> bool:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        return False
+    return step
+
+
+def _rigl_torch_step(model, opt, scheduler, x, y) -> Callable[[], bool]:
+    def step() -> bool:
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        regular = scheduler()
+        if regular:
+            opt.step()
+        return not regular
+    return step
+
+
+def build(model_name: str, sparsity: float, backend: str, opt_kind: str, x, y, delta_t: int = DELTA_T) -> Runner:
+    """Model + optimizer (+ engine) of one configuration."""
+    from sparsetrain.sparse import SparseEngine
+    from sparsetrain.sparsity.engine import SparsityEngine
+
+    model = mlp(MODELS[model_name])
+    opt = make_optimizer(model, opt_kind)
+    engine_args = dict(sparsity=sparsity, distribution="uniform", dense_first=False,
+                       total_steps=10 ** 6, delta_t=delta_t)
+    if backend == "dense":
+        return Runner(backend, model, opt, _dense_step(model, opt, x, y))
+    if backend == "masked":
+        engine = SparsityEngine(model, opt, "rigl", **engine_args)
+        return Runner(backend, model, opt, _engine_step(model, opt, engine, x, y), engine)
+    if backend == "sparse":
+        engine = SparseEngine(model, opt, "rigl", **engine_args)
+        return Runner(backend, model, engine.optimizer, _engine_step(model, engine.optimizer, engine, x, y), engine)
+    from rigl_torch.RigL import RigLScheduler
+    sched = RigLScheduler(model, opt, dense_allocation=1 - sparsity, T_end=10 ** 6, delta=delta_t,
+                          ignore_linear_layers=False, sparsity_distribution="uniform")
+    return Runner(backend, model, opt, _rigl_torch_step(model, opt, sched, x, y), sched)
+
+
+def inputs(model_name: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    sizes = MODELS[model_name]
+    return torch.randn(BATCH, sizes[0], generator=g), torch.randint(0, sizes[-1], (BATCH,), generator=g)
+
+
+# --- timing --------------------------------------------------------------------------------------
+def time_group(model_name: str, sparsity: float, backends, opt_kind: str, rounds: int, per_round: int) -> dict:
+    """Interleaved timing of every backend for one (model, sparsity) in this process."""
+    x, y = inputs(model_name)
+    runners = [build(model_name, sparsity, b, opt_kind, x, y) for b in backends]
+    for r in runners:                                      # warm-up: allocator, MKL handles
+        r.step(), r.step(), r.infer(x)
+    steps = {r.name: ([], []) for r in runners}
+    infer = {r.name: [] for r in runners}
+    for k in range(rounds):
+        order = runners[k % len(runners):] + runners[:k % len(runners)]
+        for r in order:
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                update = r.step()
+                steps[r.name][update].append(time.perf_counter() - t0)
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                r.infer(x)
+                infer[r.name].append(time.perf_counter() - t0)
+    return {name: summarise(steps[name][0], steps[name][1], infer[name]) for name in steps}
+
+
+def summarise(regular: List[float], updates: List[float], infer: List[float]) -> dict:
+    reg = statistics.median(regular)
+    upd = statistics.median(updates) if updates else reg
+    return {"step_ms": 1e3 * reg, "update_step_ms": 1e3 * upd if updates else None,
+            "amortised_ms": 1e3 * (reg + (upd - reg) / PAPER_DELTA_T), "infer_ms": 1e3 * statistics.median(infer),
+            "n_regular": len(regular), "n_update": len(updates)}
+
+
+# --- memory (run in a child process per configuration) -----------------------------------------
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(field)
+
+
+def _reset_peak() -> None:
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def tensor_bytes(runner: Runner) -> Dict[str, int]:
+    """Bytes of live tensors by role; every storage counted once."""
+    seen, out = set(), {"weights": 0, "indices": 0, "optimizer": 0, "masks": 0, "grads": 0}
+
+    def add(role: str, t: Optional[torch.Tensor]) -> None:
+        if t is None or not torch.is_tensor(t):
+            return
+        if t.layout != torch.strided:
+            for part in ((t.crow_indices(), t.col_indices(), t.values()) if t.layout == torch.sparse_csr
+                         else (t._indices(), t._values())):
+                add(role, part)
+            return
+        s = t.untyped_storage()
+        if s.data_ptr() not in seen and s.nbytes() > 0:
+            seen.add(s.data_ptr())
+            out[role] += s.nbytes()
+
+    for p in runner.model.parameters():
+        add("weights", p)
+    for b in runner.model.buffers():
+        add("indices", b)
+    for state in runner.optimizer.state.values():
+        for v in state.values():
+            add("optimizer", v)
+    masks = getattr(runner.extra, "masks", None) or getattr(runner.extra, "backward_masks", None) or []
+    for m in (masks.values() if isinstance(masks, dict) else masks):
+        add("masks", m)
+    for hook in getattr(runner.extra, "backward_hook_objects", None) or []:
+        add("masks", getattr(hook, "dense_grad", None))
+    for p in runner.model.parameters():
+        add("grads", p.grad)
+    return out
+
+
+def active_share(model_name: str, sparsity: float, opt_kind: str) -> Dict[str, float]:
+    """Bytes of weights + optimizer state if only the active weights were stored (no indices)."""
+    from sparsetrain.sparsity.topk import count_active
+    sizes = MODELS[model_name]
+    n_state = 2 if opt_kind == "adam" else 1
+    active = dense = 0
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        active += count_active(a * b, 1 - sparsity) + b    # weight at its density, bias dense
+        dense += a * b + b
+    return {"active_params": active, "dense_params": dense,
+            "share_bytes": 4 * active * (1 + n_state), "dense_bytes": 4 * dense * (1 + n_state)}
+
+
+def child(spec: str) -> None:
+    """Entry of the memory subprocess: prints one JSON line."""
+    model_name, sparsity, backend, opt_kind = spec.split(":")
+    torch.set_num_threads(2)
+    x, y = inputs(model_name)
+    base_kb = _status_kb("VmRSS")
+    runner = build(model_name, float(sparsity), backend, opt_kind, x, y, delta_t=2)
+    built_kb = _status_kb("VmHWM")
+    _reset_peak()
+    for _ in range(4):                                     # steps 0..3; step 2 updates the topology
+        runner.step()
+    peak_kb = _status_kb("VmHWM")
+    print(json.dumps({"base_mb": base_kb / 1024, "build_peak_mb": (built_kb - base_kb) / 1024,
+                      "train_peak_mb": (peak_kb - base_kb) / 1024, "bytes": tensor_bytes(runner)}))
+
+
+def measure_memory(model_name: str, sparsity: float, backend: str, opt_kind: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", f"{model_name}:{sparsity}:{backend}:{opt_kind}"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --- export size -----------------------------------------------------------------------------------
+def export_sizes(model_name: str, sparsity: float, tmp: str) -> dict:
+    from sparsetrain.sparse import SparseEngine, export_sparse
+    from sparsetrain.sparsity.engine import SparsityEngine
+    model = mlp(MODELS[model_name])
+    dense_path, sparse_path = os.path.join(tmp, "dense.pt"), os.path.join(tmp, "sparse.safetensors")
+    masked = SparsityEngine(model, None, "static", sparsity=sparsity, distribution="uniform", dense_first=False,
+                            total_steps=10)
+    torch.save(model.state_dict(), dense_path)
+    engine = SparseEngine.from_engine(masked)
+    size = export_sparse(model, sparse_path, masks=engine.masks)
+    out = {"dense_state_dict_bytes": os.path.getsize(dense_path), "sparse_export_bytes": size}
+    os.remove(dense_path), os.remove(sparse_path)
+    return out
+
+
+# --- driver ----------------------------------------------------------------------------------------
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", default="small,wide")
+    ap.add_argument("--sparsities", default="0.9,0.95,0.99")
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--per-round", type=int, default=4)
+    ap.add_argument("--memory", default="sgd,adam", help="optimizers for the memory table ('' to skip)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="docs/perf/sparse_backend.json")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args.child)
+    torch.set_num_threads(args.threads)
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                           "torch": torch.__version__, "loadavg_start": os.getloadavg()},
+               "timing": {}, "memory": {}, "export": {}}
+    backends = args.backends.split(",")
+    for m in args.models.split(","):
+        for s in map(float, args.sparsities.split(",")):
+            key = f"{m}@{s}"
+            results["timing"][key] = time_group(m, s, backends, args.optimizer, args.rounds, args.per_round)
+            print(key, json.dumps(results["timing"][key]), flush=True)
+            for opt_kind in filter(None, args.memory.split(",")):
+                results["memory"][f"{key}/{opt_kind}"] = {
+                    "share": active_share(m, s, opt_kind),
+                    **{b: measure_memory(m, s, b, opt_kind) for b in backends}}
+            results["export"][key] = export_sizes(m, s, os.path.dirname(os.path.abspath(args.out)))
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
