@@ -130,3 +130,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:
         return _fail("interrupted; rerun the same command (or --resume RUN_DIR) to continue")
+
+
+from . import flops_cli  # noqa: E402,F401  (registers the `flops` subcommand)

@@ -25,6 +25,7 @@ from .batches import EpochBatches, eval_batches
 from .callbacks import Checkpointer, Evaluator, MetricsLog, Progress, TensorBoard
 from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .evaluate import task_loss
+from .flops_meter import build_flops_meter
 from .loop import LoopState, train_loop
 from .lr import lr_factor
 
@@ -158,6 +159,7 @@ class Trainer:
         self.total = total_steps(cfg, self.batches.steps_per_epoch)
         self.optimizer = build_optimizer(self.model, cfg)
         self.engine = build_engine(self.model, self.optimizer, cfg, self.total)
+        self.flops = build_flops_meter(self.model, self.info, cfg, self.engine, self.dist.world)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total, self.batches.steps_per_epoch)
         self.run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
         self.wall_time = 0.0
@@ -183,7 +185,8 @@ class Trainer:
                 "engine": self.engine.state_dict() if self.engine else None,
                 "evaluator": self.evaluator.state_dict(), "rng": rng_state(),
                 "config_hash": run_hash(self.cfg), "wall_time": self.wall_time + time.time() - self._t0,
-                "scaler": s.scaler.state_dict() if s.scaler is not None else None}
+                "scaler": s.scaler.state_dict() if s.scaler is not None else None,
+                "flops": self.flops.state_dict()}
 
     def save(self, s: LoopState) -> None:
         if self.dist.main:
@@ -205,6 +208,8 @@ class Trainer:
             if self.engine is not None:
                 self.engine.load_state_dict(ck["engine"])
             self.evaluator.load_state_dict(ck["evaluator"])
+            if ck.get("flops") is not None:
+                self.flops.load_state_dict(ck["flops"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"checkpoint in '{self.run_dir}' does not fit this model: "
                                   f"{str(e).splitlines()[0][:160]}") from None
@@ -245,7 +250,7 @@ class Trainer:
                           amp_dtype=torch.float16 if t.amp else None)
         self._t0 = time.time()
         state.step = self._resume(metrics)
-        state.callbacks = [self.evaluator, Checkpointer(t.checkpoint_every or every, self.save),
+        state.callbacks = [self.flops, self.evaluator, Checkpointer(t.checkpoint_every or every, self.save),
                            Progress(t.progress if self.dist.main else "off", self.run_dir.name)]
         if t.tensorboard and self.dist.main:
             state.callbacks.append(TensorBoard(self.run_dir / "tb"))
@@ -270,6 +275,7 @@ class Trainer:
                        layers={n: {k: v[k] for k in ("shape", "density", "sparsified")} for n, v in rep["layers"].items()})
         else:
             out.update(achieved_density=1.0, achieved_sparsity=0.0, model_density=1.0)
+        out.update(self.flops.summary())
         return out
 
 

@@ -1,6 +1,7 @@
 """Dense baseline: no masks at all."""
 import torch
 
+from ...flops import training_flops_dense
 from ...registry import METHODS
 from .base import Method
 
@@ -16,3 +17,9 @@ class Dense(Method):
 
     def init_masks(self, engine):
         return {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in engine.targets}
+
+    def training_flops(self, f_s: float, f_d: float) -> float:
+        return training_flops_dense(f_d)
+
+    def uses_dense_grad(self, step: int) -> bool:
+        return True
