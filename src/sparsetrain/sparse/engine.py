@@ -39,8 +39,9 @@ from .streaming import streaming_topk
 
 log = logging.getLogger(__name__)
 
-#: entries of the dense score matrix formed at once while growing (16 MiB of float32)
-DEFAULT_BLOCK_ELEMS = 1 << 22
+#: entries of the dense score matrix formed at once while growing: 4 MiB of float32 scores,
+#: about 40 MB of temporaries in all (scores, eligibility, candidate indices)
+DEFAULT_BLOCK_ELEMS = 1 << 20
 
 
 def _logical_target(name: str, module_name: str, shape: tuple) -> Target:

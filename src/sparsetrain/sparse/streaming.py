@@ -1,58 +1,72 @@
 """Exact top-k over a score matrix delivered in row blocks, holding only O(k) candidates.
 
 The result equals :func:`sparsity.topk.topk_mask` on the whole matrix — the k largest eligible
-scores, ties to the lower flat index, NaN lowest — because any entry of the global top-k is in
-the top-k of its own block; each block contributes its top-k (plus entries tied with its k-th
-score) and the running candidate set is cut back to the top-k (plus ties) after each block. The
-final choice among candidates, kept in flat-index order, is made by ``topk_mask`` itself.
+scores, ties to the lower flat index, NaN lowest. Blocks arrive in increasing flat-index order.
+Each block contributes its own top-k (plus entries tied with its k-th score), a superset of its
+share of the global top-k. Candidates are buffered and cut back to the top-k (plus ties) when the
+buffer passes 2k, so the work stays linear. Once k candidates are held, their k-th score ``t``
+filters later blocks: a later entry scoring ≤ t is beaten by k earlier entries (ties go to the
+lower index), so only scores > t are kept. The final choice among candidates, kept in flat-index
+order, is made by ``topk_mask`` itself.
 """
 from __future__ import annotations
 
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 
 from ..sparsity.topk import topk_mask
 
-Candidates = Tuple[torch.Tensor, torch.Tensor]  # (sorted flat positions int64, float scores)
+Candidates = Tuple[torch.Tensor, torch.Tensor]  # (ascending flat positions int64, float scores)
 
 
 def _clean(scores: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(scores.detach().reshape(-1).float(), nan=-float("inf"))
 
 
-def _shortlist(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices (ascending) of eligible entries scoring at least the k-th largest eligible score:
-    a superset of the exact top-k whatever the tie rule."""
-    n_eligible = int(eligible.sum())
-    if n_eligible <= k:
-        return torch.nonzero(eligible).squeeze(1)
-    kth = torch.topk(scores.masked_fill(~eligible, -float("inf")), k, sorted=False).values.min()
-    return torch.nonzero(eligible & (scores >= kth)).squeeze(1)
+def _shortlist(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> Tuple[torch.Tensor, Optional[float]]:
+    """Indices (ascending) of eligible entries scoring at least the k-th largest eligible score
+    (a superset of the exact top-k under any tie rule), and that k-th score (None if fewer than
+    k are eligible)."""
+    idx = torch.nonzero(eligible).squeeze(1)
+    if idx.numel() < k or k == 0:
+        return idx, None
+    sub = scores[idx]
+    kth = torch.topk(sub, k, sorted=False).values.min()
+    return idx[sub >= kth], float(kth)
 
 
-def block_candidates(offset: int, scores: torch.Tensor, eligible: torch.Tensor, k: int) -> Candidates:
-    """Top-k candidates of one block whose first entry has flat position ``offset``."""
-    flat = _clean(scores)
-    idx = _shortlist(flat, eligible.reshape(-1), k) if k > 0 else flat.new_zeros(0, dtype=torch.long)
-    return idx + offset, flat[idx]
+class _Buffer:
+    """Candidate buffer: parts appended in flat order, cut back to top-k + ties past 2k."""
 
+    def __init__(self, k: int):
+        self.k, self.parts, self.size, self.threshold = k, [], 0, None
 
-def merge(a: Candidates, b: Candidates, k: int) -> Candidates:
-    """Union of two candidate sets (``b`` after ``a`` in flat order), cut back to top-k + ties."""
-    idx, sc = torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])
-    keep = _shortlist(sc, torch.ones_like(sc, dtype=torch.bool), k)
-    return idx[keep], sc[keep]
+    def add(self, idx: torch.Tensor, scores: torch.Tensor) -> None:
+        self.parts.append((idx, scores))
+        self.size += idx.numel()
+        if self.size > 2 * self.k:
+            self.cut()
+
+    def cut(self) -> Candidates:
+        idx = torch.cat([p[0] for p in self.parts]) if self.parts else torch.zeros(0, dtype=torch.long)
+        sc = torch.cat([p[1] for p in self.parts]) if self.parts else torch.zeros(0)
+        keep, kth = _shortlist(sc, torch.ones_like(sc, dtype=torch.bool), self.k)
+        self.parts, self.size = [(idx[keep], sc[keep])], int(keep.numel())
+        if kth is not None:
+            self.threshold = kth
+        return self.parts[0]
 
 
 def streaming_topk(blocks: Iterable[Tuple[int, torch.Tensor, torch.Tensor]], k: int) -> torch.Tensor:
     """Sorted flat positions of the exact top-``k`` over ``blocks`` of (offset, scores, eligible),
     given in increasing offset order. Raises ValueError if fewer than ``k`` are eligible."""
-    best = None
+    buf = _Buffer(k)
     for offset, scores, eligible in blocks:
-        cand = block_candidates(offset, scores, eligible, k)
-        best = cand if best is None else merge(best, cand, k)
-    if best is None:
-        best = (torch.zeros(0, dtype=torch.long), torch.zeros(0))
-    chosen = topk_mask(best[1], k)  # raises if fewer than k candidates
-    return best[0][chosen]
+        flat, elig = _clean(scores), eligible.reshape(-1).to(scores.device)
+        if buf.threshold is not None:
+            elig = elig & (flat > buf.threshold)
+        idx, _ = _shortlist(flat, elig, k)
+        buf.add(idx + offset, flat[idx])
+    idx, sc = buf.cut()
+    return idx[topk_mask(sc, k)]  # raises if fewer than k candidates
