@@ -281,6 +281,71 @@ def export_sizes(model_name: str, sparsity: float, tmp: str) -> dict:
     return out
 
 
+# --- kernels ---------------------------------------------------------------------------------------
+def kernel_table(rounds: int, sizes=(1024, 4096), densities=(0.3, 0.2, 0.1, 0.05, 0.01)) -> dict:
+    """Per-layer kernels, batch 128, interleaved: forward, input gradient, weight gradient, and
+    the whole layer step (forward + both gradients), dense vs CSR variants."""
+    from sparsetrain.sparse import SparseLinear
+    from sparsetrain.sparse.csr import csr_tensor, row_ids, transpose
+    out = {}
+    for n in sizes:
+        for d in densities:
+            layer = SparseLinear.random(n, n, d)
+            w_dense, w_csr = layer.dense_weight(), layer.weight_csr()
+            x, g = torch.randn(BATCH, n), torch.randn(BATCH, n)
+            t = layer.transposed(layer.crow_indices, layer.col_indices)
+            wt = csr_tensor(t.crow, t.row, layer.values.detach()[t.perm], (n, n))
+            rows, cols = row_ids(layer.crow_indices), layer.col_indices.long()
+            fns = {
+                "fwd dense (F.linear)": lambda: nn.functional.linear(x, w_dense),
+                "fwd csr sparse.mm(W, xT)": lambda: torch.sparse.mm(w_csr, x.T),
+                "fwd csr F.linear(x, W_csr)": lambda: nn.functional.linear(x, w_csr),
+                "dx dense (g W)": lambda: g @ w_dense,
+                "dx csr cached Wt": lambda: torch.sparse.mm(wt, g.T),
+                "dx csr rebuild Wt": lambda: torch.sparse.mm(_rebuilt(layer, transpose), g.T),
+                "dx csr dense@csr (g W_csr)": lambda: torch.mm(g, w_csr),
+                "dW dense (gT x)": lambda: g.T @ x,
+                "dW csr sampled_addmm": lambda: torch.sparse.sampled_addmm(w_csr, g.T, x, beta=0.0),
+            }
+            if d <= 0.01:
+                fns["dW csr gather (g[:,r]*x[:,c]).sum"] = lambda: (g.T[rows] * x.T[cols]).sum(1)
+            fns["layer step dense"] = _layer_step(layer.to_linear(), x, g)
+            fns["layer step csr"] = _layer_step(layer, x, g)
+            out[f"{n}x{n}@{d}"] = _interleave(fns, rounds)
+            print(f"{n}x{n}@{d}", json.dumps({k: round(v, 2) for k, v in out[f'{n}x{n}@{d}'].items()}), flush=True)
+    return out
+
+
+def _layer_step(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable[[], None]:
+    """Forward + backward (input and weight gradients) of one layer, as inside a network."""
+    x = x.clone().requires_grad_()
+
+    def run() -> None:
+        for p in module.parameters():
+            p.grad = None
+        x.grad = None
+        module(x).backward(g)
+    return run
+
+
+def _rebuilt(layer, transpose_fn):
+    from sparsetrain.sparse.csr import csr_tensor
+    t = transpose_fn(layer.crow_indices, layer.col_indices, layer.shape)
+    return csr_tensor(t.crow, t.row, layer.values.detach()[t.perm], (layer.in_features, layer.out_features))
+
+
+def _interleave(fns: Dict[str, Callable], rounds: int) -> Dict[str, float]:
+    times = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: 1e3 * statistics.median(v) for k, v in times.items()}
+
+
 # --- driver ----------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -293,6 +358,7 @@ def main(argv=None) -> None:
     ap.add_argument("--memory", default="sgd,adam", help="optimizers for the memory table ('' to skip)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="docs/perf/sparse_backend.json")
+    ap.add_argument("--kernel-rounds", type=int, default=7, help="0 skips the per-kernel table")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -301,6 +367,8 @@ def main(argv=None) -> None:
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                            "torch": torch.__version__, "loadavg_start": os.getloadavg()},
                "timing": {}, "memory": {}, "export": {}}
+    if args.kernel_rounds:
+        results["kernels"] = kernel_table(args.kernel_rounds)
     backends = args.backends.split(",")
     for m in args.models.split(","):
         for s in map(float, args.sparsities.split(",")):

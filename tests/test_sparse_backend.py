@@ -7,7 +7,7 @@ from torch import nn
 
 from sparsetrain.errors import CheckpointError, ConfigError
 from sparsetrain.sparse import (BackendPolicy, SparseEngine, SparseLinear, densify_model, export_sparse,
-                                load_sparse, sparsify_model, use_sparse_backend)
+                                load_sparse, sparsify_model, use_dense_backend, use_sparse_backend)
 from sparsetrain.sparse.csr import carry, flat_from_csr, match, random_flat, transpose
 from sparsetrain.sparse.streaming import streaming_topk
 from sparsetrain.sparsity.engine import SparsityEngine
@@ -139,6 +139,28 @@ def test_training_matches_masked_dense(method, make_opt):
         assert dense[2].last_update is not None and dense[2].last_update["grown"] > 0
         assert sparse[2].last_update["per_layer"] == dense[2].last_update["per_layer"]
     assert_same_state(dense, sparse)
+
+
+def test_switching_backends_mid_run_keeps_the_trajectory():
+    (a, oa, ea), _ = pair("rigl", sgd, delta_t=3)
+    b, ob = mlp(), None
+    ob = sgd(b)
+    eb = SparsityEngine(b, ob, "rigl", sparsity=0.8, distribution="erk", total_steps=40, seed=3, delta_t=3)
+    data = batches(10)
+    train(a, ea, oa, data)                                             # masked-dense throughout
+    eb = use_sparse_backend(b, eb, max_density=1.0, min_size=0)
+    train(b, eb, ob, data[:4])                                         # sparse, with an update at 3
+    eb = use_dense_backend(b, eb)
+    assert type(eb) is SparsityEngine and all(type(m) is not SparseLinear for m in b)
+    train(b, eb, ob, data[4:])                                         # dense again, updates at 6, 9
+    for name in ea.masks:
+        assert torch.equal(ea.masks[name], eb.masks[name])
+        assert torch.allclose(ea.param(name), eb.param(name), atol=1e-12)
+        # masked-dense keeps stale momentum at inactive positions (never read: regrown weights get
+        # zero state); the sparse backend drops it. Active positions must agree.
+        mask = ea.masks[name]
+        assert torch.allclose(oa.state[ea.param(name)]["momentum_buffer"][mask],
+                              ob.state[eb.param(name)]["momentum_buffer"][mask], atol=1e-12)
 
 
 def test_rigl_grows_where_the_dense_gradient_is_largest():

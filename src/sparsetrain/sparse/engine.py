@@ -32,7 +32,7 @@ from ..registry import METHODS
 from ..sparsity.engine import SparsityEngine
 from ..sparsity.masks import Target, apply_masks, unwrap
 from ..sparsity.topk import topk_mask
-from .convert import BackendPolicy, compress_linear
+from .convert import BackendPolicy, compress_linear, densify_model
 from .csr import carry, flat_from_csr, flat_from_mask, match, row_ids
 from .linear import SparseLinear
 from .streaming import streaming_topk
@@ -350,3 +350,21 @@ def use_sparse_backend(model: nn.Module, engine: SparsityEngine, **options) -> S
     if isinstance(engine, SparseEngine):
         raise ConfigError("the engine already uses the sparse backend")
     return SparseEngine.from_engine(engine, **options)
+
+
+def use_dense_backend(model: nn.Module, engine: SparseEngine) -> SparsityEngine:
+    """The way back: every compressed layer of ``model`` becomes an nn.Linear again (optimizer
+    state scattered to dense), and a masked-dense :class:`SparsityEngine` with the same state
+    is returned; use it from then on."""
+    if unwrap(model) is not engine.model:
+        raise ConfigError("use_dense_backend: 'model' is not the model the engine was built on")
+    masks = densify_model(engine.model, engine.optimizer)
+    new = SparsityEngine.__new__(SparsityEngine)
+    new.__dict__.update({k: v for k, v in vars(engine).items() if k not in ("layers", "block_elems", "_factor_cache")})
+    new.masks = {**engine.masks, **masks}
+    new.targets = [Target(t.name, t.module_name, engine.model.get_submodule(t.module_name).weight)
+                   if t.name in masks else t for t in engine.targets]
+    new._by_name = {t.name: t for t in new.targets}
+    new.apply_masks()
+    return new
+
