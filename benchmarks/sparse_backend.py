@@ -40,10 +40,11 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 MODELS = {"small": [784, 1024, 1024, 10], "wide": [1024, 4096, 4096, 4096, 10],
           "tiny": [784, 256, 256, 10]}  # tiny: warm-up only (loads kernels before the RSS baseline)
-BACKENDS = ("dense", "masked", "sparse", "rigl-torch")
+BACKENDS = ("dense", "masked", "sparse", "sparse-lean", "rigl-torch")
 BATCH, DELTA_T, PAPER_DELTA_T = 128, 10, 100
 
 
@@ -82,9 +83,12 @@ def _engine_step(model, opt, engine, x, y) -> Callable[[], bool]:
         update = engine.method.is_update_step(engine.step)
         opt.zero_grad(set_to_none=True)
         nn.functional.cross_entropy(model(x), y).backward()
-        if engine.after_backward():
+        with record_function("engine_hooks"):
+            run = engine.after_backward()
+        if run:
             opt.step()
-        engine.after_step()
+        with record_function("engine_hooks"):
+            engine.after_step()
         return update
     return step
 
@@ -123,8 +127,10 @@ def build(model_name: str, sparsity: float, backend: str, opt_kind: str, x, y, d
     if backend == "masked":
         engine = SparsityEngine(model, opt, "rigl", **engine_args)
         return Runner(backend, model, opt, _engine_step(model, opt, engine, x, y), engine)
-    if backend == "sparse":
-        engine = SparseEngine(model, opt, "rigl", **engine_args)
+    if backend.startswith("sparse"):
+        # sparse: automatic policy, Wᵀ cached; sparse-lean: every layer compressed, Wᵀ rebuilt per step
+        lean = dict(min_size=0, cache_transpose=False) if backend == "sparse-lean" else {}
+        engine = SparseEngine(model, opt, "rigl", **engine_args, **lean)
         return Runner(backend, model, engine.optimizer, _engine_step(model, engine.optimizer, engine, x, y), engine)
     from rigl_torch.RigL import RigLScheduler
     sched = RigLScheduler(model, opt, dense_allocation=1 - sparsity, T_end=10 ** 6, delta=delta_t,
@@ -346,6 +352,108 @@ def _interleave(fns: Dict[str, Callable], rounds: int) -> Dict[str, float]:
     return {k: 1e3 * statistics.median(v) for k, v in times.items()}
 
 
+# --- profile ---------------------------------------------------------------------------------------
+CATEGORIES = (  # (label, profiler scope whose *total* time is counted); scopes do not overlap
+    ("sparse forward: CSR × dense (MKL)", "sparse_linear.forward"),
+    ("sparse input grad: Wᵀ gather/rebuild + CSR × dense", "sparse_linear.grad_input"),
+    ("sparse weight grad on nonzeros (sampled_addmm)", "sparse_linear.grad_weight"),
+    ("dense layers forward (GEMM)", "aten::linear"),
+    ("dense layers backward (GEMM)", "AddmmBackward0"),
+    ("optimizer step", "Optimizer.step#SGD.step"),
+    ("engine hooks (after_backward/after_step)", "engine_hooks"),
+)
+
+
+def profile_step(model_name: str, sparsity: float, backend: str, steps: int = 5) -> List[tuple]:
+    """Self CPU time per step by category for one configuration (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    x, y = inputs(model_name)
+    runner = build(model_name, sparsity, backend, "sgd", x, y, delta_t=10 ** 5)
+    for _ in range(3):
+        runner.step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            runner.step()
+        wall = (time.perf_counter() - t0) / steps
+    by_key = {ev.key: ev.cpu_time_total / 1e3 / steps for ev in prof.key_averages()}
+    rows = [(label, by_key.get(key, 0.0)) for label, key in CATEGORIES]
+    rows.append(("everything else (activations, loss, autograd, Python)", 1e3 * wall - sum(ms for _, ms in rows)))
+    return [("wall time per step (profiled)", 1e3 * wall)] + sorted(rows, key=lambda kv: -kv[1])
+
+
+# --- report ----------------------------------------------------------------------------------------
+def markdown(results: dict) -> str:
+    """The tables of docs/performance.md from a results JSON."""
+    return "\n\n".join(filter(None, [_speed_md(results), _memory_md(results), _export_md(results),
+                                      _profile_md(results), _kernel_md(results)])) + "\n"
+
+
+def _speed_md(r: dict) -> str:
+    rows = ["| model @ sparsity | dense | masked-dense | rigl-torch | sparse | sparse-lean | speed-up sparse "
+            "(amortised ΔT=100) | speed-up lean | dense infer | sparse infer | infer speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key, t in r["timing"].items():
+        d = t["dense"]
+        cell = lambda b: f"{t[b]['step_ms']:.1f} ms" if b in t else "–"  # noqa: E731
+        ratio = lambda b, f="step_ms": f"{d[f] / t[b][f]:.1f}×" if b in t else "–"  # noqa: E731
+        rows.append(f"| {key} | {d['step_ms']:.1f} ms | {cell('masked')} | {cell('rigl-torch')} | {cell('sparse')} | "
+                    f"{cell('sparse-lean')} | **{ratio('sparse')}** ({ratio('sparse', 'amortised_ms')}) | "
+                    f"{ratio('sparse-lean')} | {d['infer_ms']:.1f} ms | {t['sparse']['infer_ms']:.1f} ms | "
+                    f"**{ratio('sparse', 'infer_ms')}** |")
+    upd = ["", "| model @ sparsity | update step (ΔT): masked-dense | rigl-torch | sparse | sparse-lean |",
+           "|---|---|---|---|---|"]
+    for key, t in r["timing"].items():
+        f = lambda b: f"{t[b]['update_step_ms']:.0f} ms" if t.get(b, {}).get("update_step_ms") else "–"  # noqa: E731
+        upd.append(f"| {key} | {f('masked')} | {f('rigl-torch')} | {f('sparse')} | {f('sparse-lean')} |")
+    return "\n".join(rows + upd)
+
+
+def _memory_md(r: dict) -> str:
+    rows = ["| model @ sparsity / optimizer | backend | weights | indices | optimizer state | masks | "
+            "persistent total | × nonzeros' share | grads | peak RSS (train) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    mb = lambda b: f"{b / 2 ** 20:.2f} MB"  # noqa: E731
+    for key, m in r["memory"].items():
+        share = m["share"]["share_bytes"]
+        for b in BACKENDS:
+            if b not in m:
+                continue
+            by = m[b]["bytes"]
+            total = by["weights"] + by["indices"] + by["optimizer"] + by["masks"]
+            rows.append(f"| {key} | {b} | {mb(by['weights'])} | {mb(by['indices'])} | {mb(by['optimizer'])} | "
+                        f"{mb(by['masks'])} | {mb(total)} | **{total / share:.2f}×** | {mb(by['grads'])} | "
+                        f"{m[b]['train_peak_mb']:.0f} MB |")
+    return "\n".join(rows)
+
+
+def _export_md(r: dict) -> str:
+    rows = ["| model @ sparsity | dense state_dict (torch.save) | sparse export (safetensors) | ratio |", "|---|---|---|---|"]
+    for key, e in r["export"].items():
+        d, s = e["dense_state_dict_bytes"], e["sparse_export_bytes"]
+        rows.append(f"| {key} | {d / 2 ** 20:.2f} MB | {s / 2 ** 20:.2f} MB | {s / d:.3f} |")
+    return "\n".join(rows)
+
+
+def _profile_md(r: dict) -> str:
+    out = []
+    for key, rows in r.get("profile", {}).items():
+        wall = rows[0][1]
+        out.append(f"**{key}** — {wall:.1f} ms per step (profiled)\n\n| where | ms / step | share |\n|---|---|---|")
+        out += [f"| {label} | {ms:.2f} | {100 * ms / wall:.0f} % |" for label, ms in rows[1:]]
+        out.append("")
+    return "\n".join(out)
+
+
+def _kernel_md(r: dict) -> str:
+    if "kernels" not in r:
+        return ""
+    names = list(next(iter(r["kernels"].values())))
+    rows = ["| layer @ density | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key, k in r["kernels"].items():
+        rows.append(f"| {key} | " + " | ".join(f"{k[n]:.2f}" if n in k else "–" for n in names) + " |")
+    return "\n".join(rows)
+
+
 # --- driver ----------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -359,16 +467,22 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="docs/perf/sparse_backend.json")
     ap.add_argument("--kernel-rounds", type=int, default=7, help="0 skips the per-kernel table")
+    ap.add_argument("--report", metavar="JSON", help="print the Markdown tables of a results file and exit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child(args.child)
+    if args.report:
+        with open(args.report) as f:
+            return print(markdown(json.load(f)))
     torch.set_num_threads(args.threads)
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                            "torch": torch.__version__, "loadavg_start": os.getloadavg()},
                "timing": {}, "memory": {}, "export": {}}
     if args.kernel_rounds:
         results["kernels"] = kernel_table(args.kernel_rounds)
+    results["profile"] = {f"{m}@{s}/{b}": profile_step(m, s, b) for m, s, b in
+                          (("wide", 0.95, "sparse"), ("wide", 0.99, "sparse"), ("wide", 0.95, "sparse-lean"))}
     backends = args.backends.split(",")
     for m in args.models.split(","):
         for s in map(float, args.sparsities.split(",")):

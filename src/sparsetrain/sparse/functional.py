@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 import torch
+from torch.profiler import record_function
 
 from .csr import Transposed, csr_tensor
 
@@ -43,9 +44,10 @@ class SparseLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor],
                 pattern: Pattern, sink: Optional[List]) -> torch.Tensor:
-        y = torch.sparse.mm(pattern.matrix(values), x.T).T
-        if bias is not None:
-            y = y + bias
+        with record_function("sparse_linear.forward"):
+            y = torch.sparse.mm(pattern.matrix(values), x.T).T
+            if bias is not None:
+                y = y + bias
         ctx.save_for_backward(x, values)
         ctx.pattern, ctx.sink, ctx.has_bias = pattern, sink, bias is not None
         return y
@@ -56,10 +58,12 @@ class SparseLinearFunction(torch.autograd.Function):
         pattern = ctx.pattern
         grad_x = grad_v = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.sparse.mm(pattern.transposed_matrix(values), grad.T).T
+            with record_function("sparse_linear.grad_input"):
+                grad_x = torch.sparse.mm(pattern.transposed_matrix(values), grad.T).T
         if ctx.needs_input_grad[1]:
-            # beta=0: the pattern's own values are not added in, only the sampled product
-            grad_v = torch.sparse.sampled_addmm(pattern.matrix(values), grad.T, x, beta=0.0).values()
+            with record_function("sparse_linear.grad_weight"):
+                # beta=0: the pattern's own values are not added in, only the sampled product
+                grad_v = torch.sparse.sampled_addmm(pattern.matrix(values), grad.T, x, beta=0.0).values()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum(0)
         if ctx.sink is not None:
