@@ -1,0 +1,75 @@
+"""Two CPU processes (gloo) under DistributedDataParallel, each with its own data, end with the
+same masks and weights for RigL and SET (RigL paper App. M: all-reduced gradients; masks broadcast
+from rank 0)."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from sparsetrain import SparsityEngine
+
+WORLD = 2
+STEPS = 12
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gather(t: torch.Tensor) -> list:
+    out = [torch.empty_like(t) for _ in range(WORLD)]
+    dist.all_gather(out, t)
+    return out
+
+
+def _train(method: str, rank: int, engine_seed: int) -> dict:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 3))
+    ddp = DistributedDataParallel(model)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+    eng = SparsityEngine(ddp, opt, method, sparsity=0.8, total_steps=STEPS, delta_t=2, end_fraction=1.0,
+                         seed=engine_seed)
+    init = torch.cat([m.reshape(-1) for m in eng.masks.values()])
+    data = torch.Generator().manual_seed(100 + rank)  # different batches on each rank
+    for _ in range(STEPS):
+        opt.zero_grad()
+        x, y = torch.randn(8, 10, generator=data), torch.randint(0, 3, (8,), generator=data)
+        nn.functional.cross_entropy(ddp(x), y).backward()
+        if eng.after_backward():
+            opt.step()
+        eng.after_step()
+    mask = torch.cat([m.reshape(-1) for m in eng.masks.values()])
+    weights = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    return {"masks": _gather(mask.to(torch.uint8)), "weights": _gather(weights),
+            "changed": bool((mask != init).any()), "x": _gather(x)}
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        # RigL with one seed; SET with a different engine seed per rank, so only the broadcast
+        # from rank 0 can keep its random growth in agreement
+        result = {"rigl": _train("rigl", rank, 0), "set": _train("set", rank, rank)}
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_masks_and_weights_agree_across_ranks(tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    result = torch.load(out)
+    for method, r in result.items():
+        assert not torch.equal(r["x"][0], r["x"][1]), method  # the ranks did see different data
+        assert r["changed"], method  # the topology was updated
+        assert torch.equal(r["masks"][0], r["masks"][1]), method
+        assert torch.equal(r["weights"][0], r["weights"][1]), method

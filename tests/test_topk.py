@@ -1,0 +1,87 @@
+"""Exact-k selection and the floor(S·N) counting rule (sparsity/topk.py)."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sparsetrain.sparsity.topk import count_active, count_zeros, topk_mask
+
+FAST = settings(max_examples=40, deadline=None)
+
+
+def brute_force(scores, k, eligible=None):
+    """Reference: eligible indices sorted by (-score, index), NaN as -inf, first k chosen."""
+    idx = [i for i in range(len(scores)) if eligible is None or eligible[i]]
+    key = [(-(s if not math.isnan(s) else -math.inf), i) for i, s in enumerate(scores)]
+    chosen = sorted(idx, key=lambda i: key[i])[:k]
+    return [i in chosen for i in range(len(scores))]
+
+
+# small integer scores make ties common, which is where the tie rule matters
+scores_st = st.lists(st.sampled_from([-1.0, 0.0, 2.0, float("nan")]), min_size=1, max_size=30)
+
+
+@FAST
+@given(data=st.data(), scores=scores_st)
+def test_topk_matches_brute_force(data, scores):
+    eligible = data.draw(st.lists(st.booleans(), min_size=len(scores), max_size=len(scores)))
+    k = data.draw(st.integers(0, sum(eligible)))
+    got = topk_mask(torch.tensor(scores), k, eligible=torch.tensor(eligible))
+    assert got.tolist() == brute_force(scores, k, eligible)
+    assert int(got.sum()) == k
+
+
+@FAST
+@given(scores=scores_st, frac=st.floats(0, 1))
+def test_topk_without_eligible_matches_brute_force(scores, frac):
+    k = int(frac * len(scores))
+    assert topk_mask(torch.tensor(scores), k).tolist() == brute_force(scores, k)
+
+
+def test_ties_go_to_lower_flat_index_and_shape_is_kept():
+    scores = torch.tensor([[1.0, 2.0, 2.0], [2.0, 0.0, 2.0]])
+    got = topk_mask(scores, 2)
+    assert got.shape == scores.shape
+    assert got.tolist() == [[False, True, True], [False, False, False]]
+
+
+def test_nan_ranks_lowest_and_ineligible_never_wins():
+    scores = torch.tensor([float("nan"), -float("inf"), 5.0, 1.0])
+    # the eligible -inf and NaN entries must be taken before the ineligible 5.0
+    eligible = torch.tensor([True, True, False, False])
+    assert topk_mask(scores, 2, eligible=eligible).tolist() == [True, True, False, False]
+    assert topk_mask(scores, 3).tolist() == [False, True, True, True]
+
+
+def test_k_larger_than_eligible_is_an_error_and_k_zero_selects_nothing():
+    with pytest.raises(ValueError, match="cannot select 3 of 2"):
+        topk_mask(torch.ones(4), 3, eligible=torch.tensor([1, 0, 1, 0], dtype=torch.bool))
+    assert not topk_mask(torch.ones(4), 0).any()
+
+
+@pytest.mark.parametrize("numel,sparsity,zeros", [
+    (8, 0.5, 4), (18, 0.8, 14),  # floor(14.4)
+    (48, 0.8, 38),  # floor(38.4)
+    (10, 0.9, 9), (10, 1 - 0.1, 9),  # 0.8999999... · 10 must still give 9
+    (7, 0.0, 0), (3, 0.99, 2),
+])
+def test_count_zeros_is_floor_of_s_times_n(numel, sparsity, zeros):
+    assert count_zeros(numel, sparsity) == zeros
+    assert count_active(numel, 1 - sparsity) == numel - zeros
+
+
+@FAST
+@given(numel=st.integers(1, 5000), data=st.data())
+def test_count_zeros_hits_every_exact_count(numel, data):
+    k = data.draw(st.integers(0, numel))
+    # k/N is not exactly representable; the rule must still return the k the user meant
+    assert count_zeros(numel, k / numel) == k
+    assert count_active(numel, k / numel) == k
+
+
+@FAST
+@given(numel=st.integers(1, 5000), pct=st.integers(0, 99))
+def test_count_zeros_agrees_with_exact_rational_floor(numel, pct):
+    assert count_zeros(numel, pct / 100) == (pct * numel) // 100
