@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Callable, Dict, List, Optional
 
@@ -75,7 +76,8 @@ def cmd_train(args) -> int:
         summary = train_run(cfg, Path(args.resume))
     else:
         summary = train_run(load_config(args.config, overrides))
-    _print_summary(summary)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        _print_summary(summary)
     return 0
 
 

@@ -112,7 +112,7 @@ class RunConfig:
 
 # keys that do not change what is computed, so they stay out of the run hash
 _UNHASHED = {"out_dir", "data.root", "data.download", "data.workers", "train.device",
-             "train.progress", "train.tensorboard", "data.eval_batch_size"}
+             "train.progress", "train.tensorboard", "data.eval_batch_size", "train.checkpoint_every"}
 
 
 def to_dict(cfg) -> Dict[str, Any]:
@@ -180,7 +180,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin in (dict, typing.Dict):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key} must be a table/mapping, got {value!r}")
-        return dict(value)
+        inner = args[1] if len(args) == 2 else Any
+        return {str(k): v if inner is Any else _coerce(v, inner, f"{key}.{k}") for k, v in value.items()}
     return value
 
 
@@ -292,10 +293,30 @@ def validate(cfg: RunConfig) -> None:
          f"optim.schedule must be constant, step or cosine, got '{cfg.optim.schedule}'"),
         (cfg.train.progress in ("auto", "on", "off"), f"train.progress must be auto, on or off, got '{cfg.train.progress}'"),
         (0.0 <= cfg.optim.label_smoothing < 1.0, f"optim.label_smoothing must be in [0, 1), got {cfg.optim.label_smoothing}"),
+        (cfg.data.eval_batch_size > 0, f"data.eval_batch_size must be positive, got {cfg.data.eval_batch_size}"),
+        (cfg.train.epochs >= 0, f"train.epochs must be >= 0, got {cfg.train.epochs}"),
+        (min(cfg.train.eval_every, cfg.train.checkpoint_every) >= 0,
+         "train.eval_every and train.checkpoint_every must be >= 0 (0: once per epoch)"),
+        (min(cfg.optim.weight_decay, cfg.optim.grad_clip, cfg.optim.warmup_epochs, cfg.optim.momentum) >= 0,
+         "optim.weight_decay, optim.grad_clip, optim.warmup_epochs and optim.momentum must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+
+
+def _type_name(tp: Any) -> str:
+    """Readable type for --help: ``str or null``, ``list of float``, ``table``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Union:
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if origin in (tuple, typing.Tuple):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {_type_name(args[0])}"
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if origin in (dict, typing.Dict):
+        return "table" if not args or args[1] is Any else f"table of {_type_name(args[1])}"
+    return getattr(tp, "__name__", str(tp))
 
 
 def describe_keys(cls=RunConfig, prefix: str = "") -> list[str]:
@@ -308,6 +329,6 @@ def describe_keys(cls=RunConfig, prefix: str = "") -> list[str]:
             lines += describe_keys(tp, f"{prefix}{f.name}.")
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+            name = _type_name(tp)
             lines.append(f"{prefix}{f.name} ({name}) = {default!r}")
     return lines

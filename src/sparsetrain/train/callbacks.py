@@ -27,6 +27,15 @@ def _due(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
 
 
+def _parse(line: str) -> Optional[Dict[str, Any]]:
+    """One metrics.jsonl record, or None for an incomplete line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) and "step" in record else None
+
+
 class MetricsLog:
     """metrics.jsonl: one JSON record per line; on resume, records after the checkpoint's step
     are dropped so a resumed run's file equals an uninterrupted run's."""
@@ -37,8 +46,14 @@ class MetricsLog:
     def truncate_after(self, step: int) -> None:
         if self.path is None or not self.path.exists():
             return
-        lines = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= step]
-        atomic_write_text(self.path, "".join(ln + "\n" for ln in lines))
+        kept = []
+        for ln in self.path.read_text().splitlines():
+            record = _parse(ln)
+            if record is None:  # a line torn by a kill mid-write: only the last can be, drop it
+                break
+            if record["step"] <= step:
+                kept.append(ln)
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in kept))
 
     def write(self, record: Dict[str, Any]) -> None:
         if self.path is not None:
@@ -73,6 +88,9 @@ class Evaluator(Callback):
             record.update({f"{split}_{k}": v for k, v in m.items()})
             key = f"{split}_accuracy"
             self.best[key] = max(self.best.get(key, 0.0), m["accuracy"])
+            if "perplexity" in m:  # language models: lower is better
+                key = f"{split}_perplexity"
+                self.best[key] = min(self.best.get(key, float("inf")), m["perplexity"])
         if s.engine is not None:
             rep = s.engine.density_report()
             record["density"] = rep["weights_density"]

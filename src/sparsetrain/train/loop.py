@@ -56,7 +56,7 @@ def train_loop(s: LoopState) -> None:
         with torch.autocast(s.device.type, dtype=s.amp_dtype, enabled=s.amp_dtype is not None):
             loss = s.loss_fn(s.model(x), y)
         if not torch.isfinite(loss):
-            raise TrainingError(f"loss became {float(loss)} at step {s.step}; lower optim.lr or set "
+            raise TrainingError(f"loss became {float(loss.detach())} at step {s.step}; lower optim.lr or set "
                                 "optim.grad_clip (the last good checkpoint is kept)")
         s.optimizer.zero_grad(set_to_none=True)
         (s.scaler.scale(loss) if s.scaler is not None else loss).backward()

@@ -6,19 +6,22 @@ with summary.json is finished and is not run again; one with checkpoint.pt resum
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import random
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
 from ..config import RunConfig, from_dict, run_hash, to_dict, validate
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TrainingError
 from ..registry import METHODS
 from ..sparsity.engine import SparsityEngine
 from .batches import EpochBatches, eval_batches
@@ -67,6 +70,32 @@ def resolve_device(name: str, d: Dist) -> torch.device:
         return torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device '{name}' is not a device; use auto, cpu or cuda[:N]") from None
+
+
+def configure_backend(device: torch.device, deterministic: bool) -> None:
+    """Bind this process to its GPU (collectives need it) and pick cuDNN's deterministic kernels
+    when ``train.deterministic``; CPU kernels here are deterministic already."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.deterministic = deterministic
+        torch.backends.cudnn.benchmark = not deterministic
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, Python's ``random`` and NumPy: model init and any user transform are reproducible
+    (the checkpoint restores all three on resume)."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def mask_digest(masks: Dict[str, torch.Tensor]) -> str:
+    """Short SHA-256 of every mask in name order: equal digests mean identical masks."""
+    h = hashlib.sha256()
+    for name in sorted(masks):
+        h.update(name.encode())
+        h.update(masks[name].detach().to("cpu", torch.uint8).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
@@ -146,13 +175,14 @@ class Trainer:
         self.cfg = cfg
         self.dist = setup_distributed(cfg.train.device)
         self.device = resolve_device(cfg.train.device, self.dist)
+        configure_backend(self.device, cfg.train.deterministic)
         if cfg.train.amp and self.device.type != "cuda":
             raise ConfigError("train.amp needs a CUDA device; set train.amp=false on CPU")
         d = cfg.data
         self.splits = load_dataset(d.name, d.root or default_data_root(), download=d.download,
                                    val_size=d.val_size, augment=d.augment, seed=cfg.seed, **d.options)
         self.info = self.splits.info
-        torch.manual_seed(cfg.seed)
+        seed_everything(cfg.seed)
         self.model = build_model(cfg.model.name, self.info, width=cfg.model.width, **cfg.model.options)
         self.model.to(self.device)
         self.batches = EpochBatches(self.splits.train, d.batch_size, cfg.seed, self.dist.rank, self.dist.world)
@@ -184,13 +214,26 @@ class Trainer:
                 "scheduler": self.scheduler.state_dict(), "step": s.step,
                 "engine": self.engine.state_dict() if self.engine else None,
                 "evaluator": self.evaluator.state_dict(), "rng": rng_state(),
-                "config_hash": run_hash(self.cfg), "wall_time": self.wall_time + time.time() - self._t0,
+                "config_hash": run_hash(self.cfg), "world_size": self.dist.world, "wall_time": self.wall_time + time.time() - self._t0,
                 "scaler": s.scaler.state_dict() if s.scaler is not None else None,
                 "flops": self.flops.state_dict()}
 
+    def _rank_digests(self) -> Optional[list]:
+        """Every rank's mask digest (a collective: all ranks save at the same steps). Ranks with
+        different masks would train different networks under one DDP model, so that stops the run."""
+        if self.engine is None or self.dist.world == 1:
+            return None
+        digests = [None] * self.dist.world
+        dist.all_gather_object(digests, mask_digest(self.engine.masks))
+        if len(set(digests)) > 1:
+            raise TrainingError(f"ranks hold different masks (digests {digests}); this is a bug, please "
+                                "report it with the run's config.json")
+        return digests
+
     def save(self, s: LoopState) -> None:
+        digests = self._rank_digests()
         if self.dist.main:
-            save_checkpoint(self.run_dir / "checkpoint.pt", self._payload(s))
+            save_checkpoint(self.run_dir / "checkpoint.pt", {**self._payload(s), "rank_mask_digests": digests})
 
     def _resume(self, metrics: MetricsLog) -> int:
         path = self.run_dir / "checkpoint.pt"
@@ -201,6 +244,10 @@ class Trainer:
         if ck.get("config_hash") != run_hash(self.cfg):
             raise CheckpointError(f"checkpoint in '{self.run_dir}' belongs to another configuration; "
                                   "delete it or use another out_dir")
+        if ck.get("world_size", 1) != self.dist.world:
+            raise CheckpointError(f"checkpoint in '{self.run_dir}' was written by {ck.get('world_size', 1)} "
+                                  f"process(es), this run has {self.dist.world}; resume with the same "
+                                  "torchrun --nproc_per_node")
         try:
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
