@@ -308,3 +308,23 @@ def test_export_load_round_trip(tmp_path):
         assert torch.allclose(dense(x), ref, atol=1e-6)
     dense_bytes = sum(t.numel() * t.element_size() for t in mlp(dtype=torch.float32).state_dict().values())
     assert path.stat().st_size < dense_bytes
+
+
+def test_export_compresses_masked_conv_weights_too(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    engine = SparsityEngine(model, None, "static", sparsity=0.7, distribution="uniform", dense_first=False,
+                            total_steps=10)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        ref = model(x)
+    export_sparse(model, tmp_path / "c.safetensors", masks=engine.masks)
+    ckpt = load_sparse(tmp_path / "c.safetensors")
+    assert set(ckpt.shapes) == {"0.weight", "2.weight"} and ckpt.shapes["0.weight"] == (8, 3, 3, 3)
+    assert torch.equal(ckpt.masks()["0.weight"], engine.masks["0.weight"])
+    fresh = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 4))
+    ckpt.load_into(fresh)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), ref, atol=1e-6)
+    with pytest.raises(CheckpointError):
+        ckpt.load_into(mlp(dtype=torch.float32))

@@ -123,12 +123,19 @@ class SparseCheckpoint:
         state, done = self.dense_state_dict(), set()
         for name in self.shapes:
             module_name = name[: -len(".weight")] if name.endswith(".weight") else None
-            module = model.get_submodule(module_name) if module_name else None
-            if compress and module_name and type(module) in (nn.Linear, SparseLinear):
+            module = _submodule(model, module_name)
+            if compress and type(module) in (nn.Linear, SparseLinear):
+                if (module.out_features, module.in_features) != self.shapes[name]:
+                    raise CheckpointError(f"'{name}' was exported with shape {self.shapes[name]}, the model's "
+                                          f"layer is {(module.out_features, module.in_features)}; build the "
+                                          "model it was exported from")
                 self._place_sparse(model, module_name, module, name)
                 done.update({name, f"{module_name}.bias"})
         rest = {k: v for k, v in state.items() if k not in done}
-        missing, unexpected = model.load_state_dict(rest, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(rest, strict=False)
+        except RuntimeError as e:
+            raise CheckpointError(f"the exported model does not fit this architecture: {e}") from None
         placed = {n[: -len(".weight")] + "." for n in done if n.endswith(".weight")}
         missing = [k for k in missing if not any(k.startswith(p) for p in placed)]
         if missing or unexpected:
@@ -142,6 +149,15 @@ class SparseCheckpoint:
         layer = SparseLinear(in_f, out_f, self._flat(name), self.tensors[f"{name}.values"], bias)
         parent, _, child = module_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, layer.to(next(module.parameters()).device))
+
+
+def _submodule(model: nn.Module, name: Optional[str]) -> Optional[nn.Module]:
+    if not name:
+        return None
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def load_sparse(path) -> SparseCheckpoint:
