@@ -83,7 +83,8 @@ class SparsityConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """Length, evaluation, checkpointing, device. ``steps`` > 0 overrides ``epochs``;
-    ``multiplier`` is the extended-training factor (2×, 5×)."""
+    ``multiplier`` is the extended-training factor (2×, 5×). ``init_from``: a run directory whose
+    final weights (and masks, if both runs are sparse) this run starts from."""
 
     epochs: float = 100.0
     steps: int = 0
@@ -95,6 +96,7 @@ class TrainConfig:
     progress: str = "auto"
     tensorboard: bool = False
     deterministic: bool = True
+    init_from: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -129,9 +131,14 @@ def flat_items(d: Mapping[str, Any], prefix: str = ""):
             yield key, v
 
 
+# optional keys added later: left out of the hash while unset, so older run directories keep theirs
+_HASHED_IF_SET = {"train.init_from"}
+
+
 def run_hash(cfg: RunConfig) -> str:
     """Short stable hash of everything that changes the result."""
-    items = sorted((k, v) for k, v in flat_items(to_dict(cfg)) if k not in _UNHASHED)
+    items = sorted((k, v) for k, v in flat_items(to_dict(cfg))
+                   if k not in _UNHASHED and not (k in _HASHED_IF_SET and v is None))
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

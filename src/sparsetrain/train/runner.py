@@ -297,6 +297,9 @@ class Trainer:
                           amp_dtype=torch.float16 if t.amp else None)
         self._t0 = time.time()
         state.step = self._resume(metrics)
+        if state.step == 0 and t.init_from:  # a fresh run started from another run's solution
+            from ..experiments.init_from import init_from_run
+            init_from_run(self.model, self.engine, t.init_from, self.device)
         state.callbacks = [self.flops, self.evaluator, Checkpointer(t.checkpoint_every or every, self.save),
                            Progress(t.progress if self.dist.main else "off", self.run_dir.name)]
         if t.tensorboard and self.dist.main:
