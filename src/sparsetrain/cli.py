@@ -136,3 +136,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 from . import flops_cli  # noqa: E402,F401  (registers the `flops` subcommand)
 from .experiments import commands as _experiment_commands  # noqa: E402,F401  (sweep, report, landscape)
+from .experiments import sanity as _sanity  # noqa: E402,F401  (registers the `sanity` subcommand)

@@ -81,7 +81,8 @@ class SparsityEngine:
         self.masks: Dict[str, torch.Tensor] = self.method.init_masks(self)
         self._broadcast_masks()
         self.apply_masks()
-        self._warn_if_denser_than_asked(sparsity)
+        if not getattr(self.method, "starts_dense", False):  # pruning methods start all-ones
+            self._warn_if_denser_than_asked(sparsity)
 
     # --- accessors used by methods ----------------------------------------------------------
     def param(self, name: str) -> nn.Parameter:
@@ -153,6 +154,25 @@ class SparsityEngine:
         self.last_update = {"step": self.step, "drop_fraction": fraction,
                             "grown": sum(changed.values()),
                             "churn": sum(changed.values()) / max(1, active), "per_layer": changed}
+        return self.last_update
+
+    @torch.no_grad()
+    def set_masks(self, masks: Mapping[str, torch.Tensor], reason: str = "set") -> dict:
+        """Replace every layer's mask at once (pruning: SNIP's step-0 mask, an IMP level, a mined
+        ticket) and zero the weights outside it. Weights inside keep their values. Recorded in
+        ``last_update`` so observers (FLOPs meter, metrics) see the new topology."""
+        if set(masks) != set(self._by_name):
+            raise ConfigError(f"set_masks needs a mask for exactly the layers {sorted(self._by_name)}, "
+                              f"got {sorted(masks)}")
+        for name, m in masks.items():
+            if tuple(m.shape) != self._by_name[name].shape:
+                raise ConfigError(f"mask '{name}' has shape {tuple(m.shape)}, the weight {self._by_name[name].shape}")
+            self.masks[name] = self._broadcast(m.to(device=self.param(name).device, dtype=torch.bool).clone())
+        self.apply_masks()
+        active = sum(int(m.sum()) for m in self.masks.values())
+        total = sum(m.numel() for m in self.masks.values())
+        self.last_update = {"step": self.step, "reason": reason, "drop_fraction": 0.0, "grown": 0,
+                            "churn": 0.0, "density": active / max(1, total)}
         return self.last_update
 
     def _update_layer(self, name: str, n_drop: int, n_grow: int) -> int:

@@ -98,6 +98,7 @@ class Evaluator(Callback):
             record["drop_fraction"] = s.engine.method.drop_fraction(s.step)
             if s.engine.last_update:
                 record["last_update"] = {k: v for k, v in s.engine.last_update.items() if k != "per_layer"}
+            record.update(s.engine.method.eval_metrics(s.engine))  # e.g. a mined mask's density
         s.extra["last_eval"] = record
         self.metrics.write(record)
 

@@ -30,6 +30,7 @@ from .checkpoint import atomic_write_text, load_checkpoint, rng_state, save_chec
 from .evaluate import task_loss
 from .flops_meter import build_flops_meter
 from .loop import LoopState, train_loop
+from .phases import TicketClock, check_phases, default_phases, phase_config, phase_starts, with_extra_loss
 from .lr import lr_factor
 
 log = logging.getLogger(__name__)
@@ -182,8 +183,11 @@ class Trainer:
         self.splits = load_dataset(d.name, d.root or default_data_root(), download=d.download,
                                    val_size=d.val_size, augment=d.augment, seed=cfg.seed, **d.options)
         self.info = self.splits.info
+        method_cls = METHODS.get(cfg.sparsity.method)
+        self.model_cfg = method_cls.adjust_config(cfg, self.info).model  # Small-Dense narrows it
         seed_everything(cfg.seed)
-        self.model = build_model(cfg.model.name, self.info, width=cfg.model.width, **cfg.model.options)
+        m = self.model_cfg
+        self.model = build_model(m.name, self.info, width=m.width, **m.options)
         self.model.to(self.device)
         self.batches = EpochBatches(self.splits.train, d.batch_size, cfg.seed, self.dist.rank, self.dist.world)
         self.total = total_steps(cfg, self.batches.steps_per_epoch)
@@ -193,6 +197,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total, self.batches.steps_per_epoch)
         self.run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
         self.wall_time = 0.0
+        self.loss_fn = lambda out, y: task_loss(out, y, cfg.optim.label_smoothing)
+        self.method = self.engine.method if self.engine is not None else method_cls(**cfg.sparsity.options)
+        self.phases = check_phases(self.method.phases(self) or default_phases(self.total))
+        self.phase_index = 0
 
     # --- run directory ----------------------------------------------------------------------
     def _prepare_dir(self) -> None:
@@ -216,7 +224,8 @@ class Trainer:
                 "evaluator": self.evaluator.state_dict(), "rng": rng_state(),
                 "config_hash": run_hash(self.cfg), "world_size": self.dist.world, "wall_time": self.wall_time + time.time() - self._t0,
                 "scaler": s.scaler.state_dict() if s.scaler is not None else None,
-                "flops": self.flops.state_dict()}
+                "flops": self.flops.state_dict(), "phase": self.phase_index,
+                "ticket": self.clock.state_dict()}
 
     def _rank_digests(self) -> Optional[list]:
         """Every rank's mask digest (a collective: all ranks save at the same steps). Ranks with
@@ -235,11 +244,10 @@ class Trainer:
         if self.dist.main:
             save_checkpoint(self.run_dir / "checkpoint.pt", {**self._payload(s), "rank_mask_digests": digests})
 
-    def _resume(self, metrics: MetricsLog) -> int:
+    def _read_checkpoint(self) -> Optional[Dict[str, Any]]:
         path = self.run_dir / "checkpoint.pt"
         if not path.exists():
-            metrics.truncate_after(-1)
-            return 0
+            return None
         ck = load_checkpoint(path, map_location=self.device)
         if ck.get("config_hash") != run_hash(self.cfg):
             raise CheckpointError(f"checkpoint in '{self.run_dir}' belongs to another configuration; "
@@ -248,6 +256,13 @@ class Trainer:
             raise CheckpointError(f"checkpoint in '{self.run_dir}' was written by {ck.get('world_size', 1)} "
                                   f"process(es), this run has {self.dist.world}; resume with the same "
                                   "torchrun --nproc_per_node")
+        if not 0 <= int(ck.get("phase", 0)) < len(self.phases):
+            raise CheckpointError(f"checkpoint in '{self.run_dir}' is in phase {ck.get('phase')}, but the "
+                                  f"method has {len(self.phases)}; delete it or use another out_dir")
+        return ck
+
+    def _resume(self, metrics: MetricsLog, ck: Dict[str, Any]) -> int:
+        """Load ``ck`` (read by :meth:`_read_checkpoint`) into the current phase's objects."""
         try:
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
@@ -261,6 +276,7 @@ class Trainer:
             raise CheckpointError(f"checkpoint in '{self.run_dir}' does not fit this model: "
                                   f"{str(e).splitlines()[0][:160]}") from None
         set_rng_state(ck["rng"])
+        self.clock.load_state_dict(ck.get("ticket"))
         self.wall_time = float(ck.get("wall_time", 0.0))
         metrics.truncate_after(ck["step"])
         log.info("resumed %s at step %d", self.run_dir, ck["step"])
@@ -275,8 +291,47 @@ class Trainer:
         out["test"] = eval_batches(self.splits.test, bs, w)
         return out
 
+    def elapsed(self) -> float:
+        """Wall time of the run so far, resumed sessions included."""
+        return self.wall_time + time.time() - self._t0
+
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.dist.world == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _enter_phase(self, i: int, state: LoopState, ck: Optional[Dict[str, Any]], metrics: MetricsLog) -> None:
+        """Phase ``i``: its hooks, optimizer and schedule; then load ``ck``, or (a fresh start of a
+        later phase) checkpoint the boundary so the ``begin`` transition never runs twice."""
+        phase, start = self.phases[i], phase_starts(self.phases)[i]
+        self.phase_index = i
+        self.flops.refresh()  # count on the plain model, before a setup hook reparametrizes it
+        if phase.setup is not None:
+            phase.setup(self)
+        if ck is None and phase.begin is not None:
+            phase.begin(self)
+        if phase.reset_optimizer:
+            pc = phase_config(self.cfg, phase)
+            self.optimizer = build_optimizer(self.model, pc)
+            self.scheduler = build_scheduler(self.optimizer, pc, phase.steps, self.batches.steps_per_epoch)
+            if self.engine is not None:
+                self.engine.optimizer = self.optimizer
+        state.model, state.optimizer, state.scheduler = self._wrap(self.model), self.optimizer, self.scheduler
+        state.total_steps, state.loss_fn = start + phase.steps, with_extra_loss(self.loss_fn, phase.extra_loss)
+        self.evaluator.phase = phase.name
+        if ck is not None:
+            state.step = self._resume(metrics, ck)
+        elif i == 0:
+            metrics.truncate_after(-1)
+            state.step = 0
+        else:
+            state.step, self.evaluator.best = start, {}
+            self.save(state)
+
     def run(self) -> Dict[str, Any]:
-        """Train to the end (resuming if a checkpoint exists); write and return summary.json."""
+        """Train every phase to the end (resuming if a checkpoint exists); write and return
+        summary.json."""
         summary_path = self.run_dir / "summary.json"
         if summary_path.exists():
             return json.loads(summary_path.read_text())
@@ -285,26 +340,29 @@ class Trainer:
         every = t.eval_every or self.batches.steps_per_epoch
         metrics = MetricsLog(self.run_dir / "metrics.jsonl" if self.dist.main else None)
         self.evaluator = Evaluator(self._eval_splits(), every, self.info.task, metrics)
-        model = self.model
-        if self.dist.world > 1:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.clock = TicketClock(self.method, self.engine, self.batches.steps_per_epoch, self.elapsed,
+                                 lambda: self.flops.tracker.total)
         scaler = torch.amp.GradScaler("cuda") if t.amp else None
-        state = LoopState(model=model, optimizer=self.optimizer, scheduler=self.scheduler,
+        state = LoopState(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                           batches=self.batches, device=self.device, total_steps=self.total,
-                          loss_fn=lambda out, y: task_loss(out, y, cfg.optim.label_smoothing),
-                          engine=self.engine, grad_clip=cfg.optim.grad_clip, scaler=scaler,
-                          amp_dtype=torch.float16 if t.amp else None)
+                          loss_fn=self.loss_fn, engine=self.engine, grad_clip=cfg.optim.grad_clip,
+                          scaler=scaler, amp_dtype=torch.float16 if t.amp else None)
         self._t0 = time.time()
-        state.step = self._resume(metrics)
-        if state.step == 0 and t.init_from:  # a fresh run started from another run's solution
+        ck = self._read_checkpoint()
+        if ck is None and t.init_from:  # a fresh run started from another run's solution
             from ..experiments.init_from import init_from_run
             init_from_run(self.model, self.engine, t.init_from, self.device)
-        state.callbacks = [self.flops, self.evaluator, Checkpointer(t.checkpoint_every or every, self.save),
-                           Progress(t.progress if self.dist.main else "off", self.run_dir.name)]
+        fixed = [Checkpointer(t.checkpoint_every or every, self.save),
+                 Progress(t.progress if self.dist.main else "off", self.run_dir.name)]
         if t.tensorboard and self.dist.main:
-            state.callbacks.append(TensorBoard(self.run_dir / "tb"))
-        train_loop(state)
+            fixed.append(TensorBoard(self.run_dir / "tb"))
+        first = int(ck.get("phase", 0)) if ck else 0
+        for i in range(first, len(self.phases)):
+            self._enter_phase(i, state, ck if i == first else None, metrics)
+            state.callbacks = [self.flops, *self.phases[i].callbacks, self.clock, self.evaluator, *fixed]
+            train_loop(state)
+            if self.phases[i].end is not None:
+                self.phases[i].end(self)
         summary = self.summary(state)
         if self.dist.main:
             atomic_write_text(summary_path, json.dumps(summary, indent=2))
@@ -326,6 +384,12 @@ class Trainer:
         else:
             out.update(achieved_density=1.0, achieved_sparsity=0.0, model_density=1.0)
         out.update(self.flops.summary())
+        out["time_to_ticket"] = self.clock.record
+        if len(self.phases) > 1:
+            out["phases"] = [{"name": p.name, "steps": p.steps} for p in self.phases]
+        if self.model_cfg != self.cfg.model:
+            out["model_width"] = self.model_cfg.width
+        out.update(self.method.report())
         return out
 
 

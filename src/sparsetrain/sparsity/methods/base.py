@@ -41,6 +41,8 @@ class Method:
     """
 
     name = "base"
+    #: masks start all-ones and are pruned later (GMP, SNIP, IMP, ...): no "denser than asked" warning
+    starts_dense = False
 
     @dataclass(frozen=True)
     class Options:
@@ -110,6 +112,30 @@ class Method:
         """Whether step ``step`` computes the dense weight gradient (f_D instead of f_S for
         the weight-gradient pass); read by :class:`sparsetrain.flops.FlopsTracker` callers."""
         return False
+
+    # --- runs (the Trainer's hooks; see sparsetrain.train.phases) -------------------------------
+    @classmethod
+    def adjust_config(cls, cfg, info):
+        """The RunConfig the Trainer builds the model from (Small-Dense narrows the width)."""
+        return cfg
+
+    def phases(self, trainer) -> Optional[list]:
+        """Training phases (:class:`sparsetrain.train.phases.Phase`) of a multi-phase method (IMP
+        rounds, mine-then-train); None: one ordinary phase."""
+        return None
+
+    def ticket_step(self, engine: Optional["SparsityEngine"]) -> Optional[int]:
+        """Global step after which the mask no longer changes (time-to-ticket); None while unknown
+        or for mask-free methods. Default: 0, the mask is fixed at initialisation."""
+        return 0 if getattr(self, "uses_masks", True) else None
+
+    def eval_metrics(self, engine: "SparsityEngine") -> dict:
+        """Extra fields for every evaluation record in metrics.jsonl."""
+        return {}
+
+    def report(self) -> dict:
+        """Method-specific entries of summary.json (layer sparsities found, rounds, ...)."""
+        return {}
 
     # --- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -190,6 +216,13 @@ class DynamicMethod(Method):
 
     def uses_dense_grad(self, step: int) -> bool:
         return self.tracks_momentum
+
+    def ticket_step(self, engine: Optional["SparsityEngine"]) -> Optional[int]:
+        # the topology is final once the last update step (the last start + k·ΔT < T_end) is done
+        s = self.schedule
+        if s.end <= s.start:
+            return 0
+        return s.start + (s.end - 1 - s.start) // s.delta_t * s.delta_t + 1
 
     @torch.no_grad()
     def _update_ema(self, engine: "SparsityEngine") -> None:

@@ -1,0 +1,166 @@
+"""Gradual magnitude pruning (GMP): dense-to-sparse with a cubic sparsity schedule.
+
+Zhu & Gupta, "To prune, or not to prune: exploring the efficacy of pruning for model
+compression", ICLR-W 2018; the "Pruning" baseline of Evci et al. (ICML 2020, via Gale et al.
+2019). Masks start all-ones; every ``frequency`` steps from ``start`` to ``end`` the smallest
+|w| are removed so that exactly the scheduled count remains:
+
+    s_t = s_f + (s_i − s_f)·(1 − (t − t_0)/(t_end − t_0))³.
+
+``scope="layer"``: each layer follows the schedule to its own distribution density (the official
+per-layer pruning); ``scope="global"``: one magnitude threshold over all sparsified layers, with
+the total count following the schedule to the same overall density.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from ...errors import ConfigError
+from ...registry import METHODS
+from ..schedules import gmp_sparsity
+from ..topk import count_active, count_zeros
+from .base import Method
+from .pruning import all_ones, check_scope, layer_counts, select
+
+
+@dataclass(frozen=True)
+class GMPOptions:
+    """``start``/``end``: first and last pruning step (default ``start_fraction``/``end_fraction``
+    of training; steps scale with train.multiplier); ``frequency``: Δt between pruning steps;
+    ``initial_sparsity``: s_i; ``scope``: ``layer`` or ``global``."""
+
+    start: Optional[int] = None
+    end: Optional[int] = None
+    start_fraction: float = 0.0
+    end_fraction: float = 0.75
+    frequency: int = 100
+    initial_sparsity: float = 0.0
+    scope: str = "layer"
+
+
+def _resolve(step: Optional[int], fraction: float, total: int, what: str) -> int:
+    if step is not None:
+        return int(step)
+    if not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"{what}_fraction must be in [0, 1], got {fraction}")
+    return min(int(round(fraction * total)), total - 1)  # the last step index is total − 1
+
+
+@METHODS.register("gmp")
+class GMP(Method):
+    """Gradual magnitude pruning to the target sparsity (Zhu & Gupta 2018)."""
+
+    name = "gmp"
+    Options = GMPOptions
+    starts_dense = True
+
+    def validate(self) -> None:
+        o = self.options
+        check_scope(o.scope)
+        if int(o.frequency) < 1:
+            raise ConfigError(f"frequency (steps between pruning steps) must be >= 1, got {o.frequency}")
+        if not 0.0 <= o.initial_sparsity < 1.0:
+            raise ConfigError(f"initial_sparsity must be in [0, 1), got {o.initial_sparsity}")
+
+    def setup(self, engine) -> None:
+        total = engine.total_steps
+        if total is None or int(total) <= 0:
+            raise ConfigError("gmp needs total_steps (the training length) to place its schedule")
+        o = self.options
+        self.begin = _resolve(o.start, o.start_fraction, int(total), "start")
+        self.end = _resolve(o.end, o.end_fraction, int(total), "end")
+        if not 0 <= self.begin <= self.end < int(total):
+            raise ConfigError(f"gmp needs 0 <= start ({self.begin}) <= end ({self.end}) < total steps ({total}); "
+                              "adjust start/end or their fractions")
+        self.total = int(total)
+        n = sum(t.param.numel() for t in engine.targets)
+        self.final = 1.0 - sum(layer_counts(engine).values()) / n  # network-wide s_f
+        self.history: list = []
+
+    def init_masks(self, engine) -> Dict[str, torch.Tensor]:
+        return all_ones(engine)
+
+    # --- schedule ---------------------------------------------------------------------------
+    def is_update_step(self, step: int) -> bool:
+        in_range = self.begin <= step <= self.end
+        return in_range and ((step - self.begin) % int(self.options.frequency) == 0 or step == self.end)
+
+    def target_sparsity(self, step: int, final: float) -> float:
+        """Scheduled sparsity at ``step`` of a tensor (or network) whose final sparsity is ``final``."""
+        return gmp_sparsity(step, final, self.begin, self.end, min(self.options.initial_sparsity, final))
+
+    def progress(self, step: int) -> float:
+        """Fraction of the way from s_i to s_f at ``step``: 1 − (1 − (t − t_0)/(t_end − t_0))³."""
+        return gmp_sparsity(step, 1.0, self.begin, self.end, 0.0)
+
+    def previous_update(self, step: int) -> Optional[int]:
+        """The last pruning step before ``step`` (None before the first)."""
+        last, f = step - 1, int(self.options.frequency)
+        if last < self.begin:
+            return None
+        return self.end if last >= self.end else self.begin + (last - self.begin) // f * f
+
+    def drop_fraction(self, step: int) -> float:
+        """Fraction of the active weights removed at ``step`` (0 off the pruning steps)."""
+        if not self.is_update_step(step):
+            return 0.0
+        prev = self.previous_update(step)
+        before = 0.0 if prev is None else self.target_sparsity(prev, self.final)
+        return 1.0 - (1.0 - self.target_sparsity(step, self.final)) / (1.0 - before)
+
+    # --- pruning ----------------------------------------------------------------------------
+    def keep_counts(self, engine, step: int) -> Dict[str, int]:
+        """Per-layer active counts at ``step`` (scope ``layer``)."""
+        return {t.name: t.param.numel() - count_zeros(t.param.numel(), self.target_sparsity(step, 1.0 - d))
+                for t, d in ((t, engine.densities[t.name]) for t in engine.targets)}
+
+    def keep_total(self, engine, step: int) -> int:
+        """Network-wide active count at ``step`` (scope ``global``); ends at the distribution's total."""
+        n = sum(t.param.numel() for t in engine.targets)
+        return count_active(n, 1.0 - self.target_sparsity(step, self.final))
+
+    def allocate(self, engine, fraction: float) -> Dict[str, Tuple[int, int]]:
+        step, masks = engine.step, engine.masks
+        active = {t.name: int(masks[t.name].sum()) for t in engine.targets}
+        if self.options.scope == "layer":
+            keep = {n: min(active[n], k) for n, k in self.keep_counts(engine, step).items()}
+        else:
+            scores = {t.name: t.param.detach().abs() for t in engine.targets}
+            total = min(sum(active.values()), self.keep_total(engine, step))
+            kept = select(scores, active, "global", eligible=masks, total=total)
+            keep = {n: int(m.sum()) for n, m in kept.items()}
+        return {n: (active[n] - keep[n], 0) for n in active}
+
+    def finish_update(self, engine) -> None:
+        active = sum(int(m.sum()) for m in engine.masks.values())
+        total = sum(m.numel() for m in engine.masks.values())
+        self.history.append({"step": engine.step, "target_sparsity": self.target_sparsity(engine.step, self.final),
+                             "density": active / total})
+
+    # --- reporting --------------------------------------------------------------------------
+    def eval_metrics(self, engine) -> dict:
+        return {"target_sparsity": self.target_sparsity(engine.step, self.final)}
+
+    def ticket_step(self, engine) -> Optional[int]:
+        return self.end + 1
+
+    def training_flops(self, f_s: float, f_d: float) -> float:
+        # per-layer scope: every layer's density moves by the same cubic factor c_t, so the sparse
+        # forward FLOPs are f_D − c_t·(f_D − f_S); averaged over the steps (the mask of step t is
+        # the one set by the last pruning step before t). Global scope: the same approximation.
+        progress = [0.0 if (u := self.previous_update(t)) is None else self.progress(u) for t in range(self.total)]
+        c_mean = sum(progress) / self.total
+        return 3.0 * (f_d - c_mean * (f_d - f_s))
+
+    def report(self) -> dict:
+        return {"gmp": {"start": self.begin, "end": self.end, "frequency": int(self.options.frequency),
+                        "scope": self.options.scope, "schedule": list(self.history)}}
+
+    def state_dict(self) -> dict:
+        return {"history": list(self.history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))

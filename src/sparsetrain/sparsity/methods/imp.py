@@ -1,0 +1,195 @@
+"""IMP: iterative magnitude pruning with rewinding (the lottery-ticket procedure).
+
+Frankle & Carbin, "The Lottery Ticket Hypothesis: Finding Sparse, Trainable Neural Networks",
+ICLR 2019; rewinding to an early iteration k from Frankle, Dziugaite, Roy & Carbin, "Linear Mode
+Connectivity and the Lottery Ticket Hypothesis", ICML 2020 (as in open_lth and the Gem-Miner
+code). Round 0 trains the dense network; each later round first removes ``prune_fraction`` of
+the remaining weights by smallest |w| of the trained weights (``global``: one threshold over
+all sparsified layers, open_lth's default; ``layer``: per layer), rewinds every parameter and
+buffer to the rewind point (init, or step k of round 0), resets the optimizer and LR schedule and
+trains again for the configured length. Level k keeps ceil-rounded 0.8^k of the weights; the last
+level stops exactly at the target count of the configured sparsity and distribution.
+
+Every round's density and accuracy go to ``rounds.jsonl`` and its mask to
+``masks/round_<r>.pt`` in the run directory; the checkpoint records the round (phase).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Union
+
+import torch
+
+from ...errors import ConfigError
+from ...registry import METHODS
+from ...train.callbacks import Callback
+from ...train.phases import Phase, save_ticket
+from .base import Method
+from .pruning import all_ones, check_scope, layer_counts, select
+
+log = logging.getLogger(__name__)
+
+
+def level_counts(n: int, fraction: float, floor: int, levels: Optional[int] = None) -> List[int]:
+    """Active counts at levels 0, 1, ...: each level removes ceil(fraction · remaining) (open_lth's
+    rule) but never goes below ``floor``; with ``levels`` None, as many levels as reach ``floor``."""
+    counts = [int(n)]
+    while (levels is None and counts[-1] > floor) or (levels is not None and len(counts) <= levels):
+        c = counts[-1]
+        counts.append(max(int(floor), c - math.ceil(round(fraction * c, 9))))
+        if levels is None and counts[-1] == c:  # fraction too small to make progress
+            break
+    return counts
+
+
+def magnitude_prune(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                    keep: Union[int, Mapping[str, int]], scope: str = "global") -> Dict[str, torch.Tensor]:
+    """New masks keeping the largest |w| among the currently active weights: ``keep`` in total
+    (``global``, an int) or per layer (``layer``, a {name: count} map). Pruned weights stay pruned."""
+    scores = {n: w.detach().abs() for n, w in weights.items()}
+    if scope == "global":
+        return select(scores, {n: 0 for n in scores}, "global", eligible=masks, total=int(keep))
+    return select(scores, dict(keep), "layer", eligible=masks)
+
+
+@dataclass(frozen=True)
+class IMPOptions:
+    """``prune_fraction`` of the remaining weights per round (0.2); ``levels``: pruning rounds
+    (default: enough to reach the configured sparsity); ``scope``: ``global`` or ``layer``;
+    ``rewind_step``: step of round 0 whose weights every later round restarts from (0 = init)."""
+
+    prune_fraction: float = 0.2
+    levels: Optional[int] = None
+    scope: str = "global"
+    rewind_step: int = 0
+
+
+@METHODS.register("imp")
+class IMP(Method):
+    """Iterative magnitude pruning with weight rewinding (Frankle & Carbin 2019; Frankle et al. 2020)."""
+
+    name = "imp"
+    Options = IMPOptions
+    starts_dense = True
+
+    def validate(self) -> None:
+        o = self.options
+        check_scope(o.scope)
+        if not 0.0 < o.prune_fraction < 1.0:
+            raise ConfigError(f"prune_fraction must be in (0, 1), got {o.prune_fraction}")
+        if o.levels is not None and int(o.levels) < 1:
+            raise ConfigError(f"levels must be >= 1 (or null for automatic), got {o.levels}")
+        if int(o.rewind_step) < 0:
+            raise ConfigError(f"rewind_step must be >= 0, got {o.rewind_step}")
+
+    def setup(self, engine) -> None:
+        o, floor = self.options, layer_counts(engine)
+        sizes = {t.name: t.param.numel() for t in engine.targets}
+        if o.scope == "global":
+            self.plan = level_counts(sum(sizes.values()), o.prune_fraction, sum(floor.values()), o.levels)
+        else:
+            per = {n: level_counts(sizes[n], o.prune_fraction, floor[n], o.levels) for n in sizes}
+            n_levels = max(len(c) for c in per.values())
+            self.plan = [{n: c[min(k, len(c) - 1)] for n, c in per.items()} for k in range(n_levels)]
+        if o.levels is not None:
+            last = self.plan[-1] if o.scope == "global" else sum(self.plan[-1].values())
+            if last > sum(floor.values()):
+                log.warning("imp: %d levels stop at %d active weights, above the target %d; raise levels",
+                            o.levels, last, sum(floor.values()))
+        self.rounds: Dict[int, dict] = {}
+        self.rewind: Optional[Dict[str, torch.Tensor]] = None
+        self.ticket_at: Optional[int] = None
+
+    def init_masks(self, engine) -> Dict[str, torch.Tensor]:
+        return all_ones(engine)
+
+    @property
+    def levels(self) -> int:
+        return len(self.plan) - 1
+
+    # --- phases -----------------------------------------------------------------------------
+    def phases(self, trainer) -> list:
+        total, k = trainer.total, int(self.options.rewind_step)
+        if k >= total:
+            raise ConfigError(f"rewind_step {k} is not inside round 0 ({total} steps); lower it")
+        self.ticket_at = total * self.levels
+        out = []
+        for r in range(self.levels + 1):
+            callbacks = [_Snapshot(self, trainer, k)] if r == 0 and k > 0 else []
+            begin = (self._snapshot if k == 0 else None) if r == 0 else self._next_level(r)
+            out.append(Phase(f"round{r}", total, begin=begin, end=self._record(r), callbacks=callbacks,
+                             reset_optimizer=r > 0))
+        return out
+
+    def _snapshot(self, trainer) -> None:
+        """Keep the rewind point: every parameter and buffer of the model now."""
+        self.rewind = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+    def _next_level(self, r: int):
+        def begin(trainer) -> None:
+            engine = trainer.engine
+            masks = magnitude_prune({t.name: t.param for t in engine.targets}, engine.masks,
+                                    self.plan[r], self.options.scope)
+            if self.rewind is None:
+                raise ConfigError("imp: no rewind point recorded; the run directory is inconsistent, delete it")
+            trainer.model.load_state_dict(self.rewind)
+            engine.set_masks(masks, reason=f"imp level {r}")
+            if r == self.levels:
+                save_ticket(trainer)
+        return begin
+
+    def _record(self, r: int):
+        def end(trainer) -> None:
+            rep = trainer.engine.density_report()
+            row = {"round": r, "density": rep["sparsified_density"], "sparsity": 1 - rep["sparsified_density"],
+                   "steps": sum(p.steps for p in trainer.phases[:r + 1]),
+                   "wall_time_s": trainer.elapsed()}
+            for split, m in trainer.evaluator.last.items():
+                row.update({f"{split}_{k}": v for k, v in m.items()})
+            self.rounds[r] = row
+            _write_rounds(trainer, self.rounds, r, trainer.engine.masks)
+        return end
+
+    # --- reporting --------------------------------------------------------------------------
+    def ticket_step(self, engine) -> Optional[int]:
+        return self.ticket_at
+
+    def report(self) -> dict:
+        return {"imp": {"levels": self.levels, "scope": self.options.scope,
+                        "rewind_step": int(self.options.rewind_step),
+                        "rounds": [self.rounds[r] for r in sorted(self.rounds)]}}
+
+    def state_dict(self) -> dict:
+        return {"rounds": {str(r): v for r, v in self.rounds.items()}, "rewind": self.rewind}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rounds = {int(r): v for r, v in state.get("rounds", {}).items()}
+        self.rewind = state.get("rewind")
+
+
+class _Snapshot(Callback):
+    """Round-0 callback: take the rewind point after step ``k`` (Frankle et al. 2020)."""
+
+    def __init__(self, method: IMP, trainer, k: int):
+        self.method, self.trainer, self.k = method, trainer, k
+
+    def on_step_end(self, s) -> None:
+        if s.step == self.k:
+            self.method._snapshot(self.trainer)
+
+
+def _write_rounds(trainer, rounds: Mapping[int, dict], r: int, masks: Mapping[str, torch.Tensor]) -> None:
+    """rounds.jsonl (whole file, so a re-run end hook leaves no duplicate) and this round's mask."""
+    if not trainer.dist.main:
+        return
+    from ...train.checkpoint import atomic_write_bytes, atomic_write_text
+
+    atomic_write_text(trainer.run_dir / "rounds.jsonl", "".join(json.dumps(rounds[k]) + "\n" for k in sorted(rounds)))
+    (trainer.run_dir / "masks").mkdir(exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({n: m.detach().cpu() for n, m in masks.items()}, buf)
+    atomic_write_bytes(trainer.run_dir / "masks" / f"round_{r}.pt", buf.getvalue())
