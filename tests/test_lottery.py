@@ -165,6 +165,57 @@ def test_gem_miner_end_to_end_reaches_the_density_exactly(tmp_path):
     assert records[-1]["density"] == pytest.approx(want / sum(m.numel() for m in masks.values()))
 
 
+class _Kill:
+    """A loop callback that stops the run after step ``at`` (like a SIGKILL between steps)."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def on_start(self, s): ...
+
+    def on_step_end(self, s):
+        if s.step == self.at:
+            raise RuntimeError("killed")
+
+    def on_end(self, s): ...
+
+
+def test_gem_miner_resumes_mid_mining_exactly(tmp_path):
+    # checkpoints every 4 steps; killed at step 7 of mining (parametrized model in the checkpoint)
+    cfg = cfg_for(tmp_path, "gem_miner", 0.8, 3, '{"freeze_period":1,"finetune":0.2}', "train.checkpoint_every=4")
+    full = Trainer(cfg, tmp_path / "full").run()
+    tr = Trainer(cfg, tmp_path / "cut")
+    tr.phases[0].callbacks = [*tr.phases[0].callbacks, _Kill(7)]
+    with pytest.raises(RuntimeError, match="killed"):
+        tr.run()
+    resumed = Trainer(cfg, tmp_path / "cut").run()
+    assert resumed["final"] == full["final"]
+    assert resumed["gem_miner"]["ticket"] == full["gem_miner"]["ticket"]
+    a, b = (torch.load(tmp_path / d / "ticket.pt") for d in ("full", "cut"))
+    assert all(torch.equal(a["masks"][n], b["masks"][n]) for n in a["masks"])
+
+
+def test_imp_rewinds_to_step_k(tmp_path):
+    cfg = cfg_for(tmp_path, "imp", 0.2, 1, '{"rewind_step":2,"scope":"layer"}')
+    tr = Trainer(cfg, tmp_path / "k")
+    summary = tr.run()
+    # per layer: the ERK layer below 0.8 density needs a second level, the others stop at theirs
+    assert summary["imp"]["rewind_step"] == 2 and len(summary["imp"]["rounds"]) == tr.method.levels + 1 == 3
+    ticket = torch.load(tmp_path / "k" / "ticket.pt")
+    rewind = tr.method.rewind  # weights after 2 SGD steps of round 0, not the init
+    for n, m in ticket["masks"].items():
+        assert torch.equal(ticket["weights"][n], rewind[n].cpu() * m)
+    from sparsetrain.data.base import DataInfo
+    from sparsetrain.models import build_model
+    torch.manual_seed(cfg.seed)
+    init = build_model("mlp", DataInfo("digits", (64,), 10)).state_dict()
+    assert not torch.equal(rewind["layers.0.weight"].cpu(), init["layers.0.weight"])
+    # per-layer scope: every layer is at its own ERK count
+    densities = layer_densities("erk", {n: tuple(m.shape) for n, m in ticket["masks"].items()}, 0.2)
+    assert {n: int(m.sum()) for n, m in ticket["masks"].items()} == \
+        {n: count_active(m.numel(), densities[n]) for n, m in ticket["masks"].items()}
+
+
 def test_cli_trains_imp_and_gem_miner_and_runs_the_sanity_checks(tmp_path, capsys):
     common = ["--out-dir", str(tmp_path), "--quiet", "--set", "model.name=mlp", "--set", "train.steps=6",
               "--set", "sparsity.sparsity=0.36"]

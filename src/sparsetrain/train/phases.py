@@ -22,7 +22,6 @@ Hooks, all called with the Trainer:
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -173,14 +172,3 @@ class TicketClock(Callback):
     def load_state_dict(self, state: Optional[dict]) -> None:
         self.record = (state or {}).get("record")
 
-
-class Stopwatch:
-    """Wall time of a block, for methods' own reports (``with Stopwatch() as sw: ...; sw.seconds``)."""
-
-    def __enter__(self) -> "Stopwatch":
-        self._t = time.perf_counter()
-        self.seconds = 0.0
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.seconds = time.perf_counter() - self._t
