@@ -144,8 +144,33 @@ def inputs(model_name: str, seed: int = 0):
     return torch.randn(BATCH, sizes[0], generator=g), torch.randint(0, sizes[-1], (BATCH,), generator=g)
 
 
+# --- shared machine --------------------------------------------------------------------------------
+def cpu_idle(seconds: float = 1.0) -> float:
+    """Fraction of CPU time idle over the next ``seconds`` (all cores, from /proc/stat)."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)
+    i0, t0 = sample()
+    time.sleep(seconds)
+    i1, t1 = sample()
+    return (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_for_idle(min_idle: float, timeout: float) -> float:
+    """Block until the machine is at least ``min_idle`` idle (others' jobs share these cores), or
+    ``timeout`` seconds pass; returns the idle fraction seen last. ``min_idle`` 0 disables."""
+    deadline, idle = time.time() + timeout, 1.0
+    while min_idle > 0:
+        idle = cpu_idle()
+        if idle >= min_idle or time.time() > deadline:
+            break
+    return idle
+
+
 # --- timing --------------------------------------------------------------------------------------
-def time_group(model_name: str, sparsity: float, backends, opt_kind: str, rounds: int, per_round: int) -> dict:
+def time_group(model_name: str, sparsity: float, backends, opt_kind: str, rounds: int, per_round: int,
+               min_idle: float = 0.0) -> dict:
     """Interleaved timing of every backend for one (model, sparsity) in this process."""
     x, y = inputs(model_name)
     runners = [build(model_name, sparsity, b, opt_kind, x, y) for b in backends]
@@ -153,7 +178,9 @@ def time_group(model_name: str, sparsity: float, backends, opt_kind: str, rounds
         r.step(), r.step(), r.infer(x)
     steps = {r.name: ([], []) for r in runners}
     infer = {r.name: [] for r in runners}
+    idle = []
     for k in range(rounds):
+        idle.append(wait_for_idle(min_idle, timeout=120))
         order = runners[k % len(runners):] + runners[:k % len(runners)]
         for r in order:
             for _ in range(per_round):
@@ -164,7 +191,9 @@ def time_group(model_name: str, sparsity: float, backends, opt_kind: str, rounds
                 t0 = time.perf_counter()
                 r.infer(x)
                 infer[r.name].append(time.perf_counter() - t0)
-    return {name: summarise(steps[name][0], steps[name][1], infer[name]) for name in steps}
+    out = {name: summarise(steps[name][0], steps[name][1], infer[name]) for name in steps}
+    out["idle_before_rounds"] = idle
+    return out
 
 
 def summarise(regular: List[float], updates: List[float], infer: List[float]) -> dict:
@@ -288,7 +317,7 @@ def export_sizes(model_name: str, sparsity: float, tmp: str) -> dict:
 
 
 # --- kernels ---------------------------------------------------------------------------------------
-def kernel_table(rounds: int, sizes=(1024, 4096), densities=(0.3, 0.2, 0.1, 0.05, 0.01)) -> dict:
+def kernel_table(rounds: int, sizes=(1024, 4096), densities=(0.3, 0.2, 0.1, 0.05, 0.01), min_idle: float = 0.0) -> dict:
     """Per-layer kernels, batch 128, interleaved: forward, input gradient, weight gradient, and
     the whole layer step (forward + both gradients), dense vs CSR variants."""
     from sparsetrain.sparse import SparseLinear
@@ -317,6 +346,7 @@ def kernel_table(rounds: int, sizes=(1024, 4096), densities=(0.3, 0.2, 0.1, 0.05
                 fns["dW csr gather (g[:,r]*x[:,c]).sum"] = lambda: (g.T[rows] * x.T[cols]).sum(1)
             fns["layer step dense"] = _layer_step(layer.to_linear(), x, g)
             fns["layer step csr"] = _layer_step(layer, x, g)
+            wait_for_idle(min_idle, timeout=120)
             out[f"{n}x{n}@{d}"] = _interleave(fns, rounds)
             print(f"{n}x{n}@{d}", json.dumps({k: round(v, 2) for k, v in out[f'{n}x{n}@{d}'].items()}), flush=True)
     return out
@@ -463,8 +493,11 @@ def main(argv=None) -> None:
     ap.add_argument("--optimizer", default="sgd", choices=("sgd", "adam"))
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--per-round", type=int, default=4)
-    ap.add_argument("--memory", default="sgd,adam", help="optimizers for the memory table ('' to skip)")
+    ap.add_argument("--memory", default="sgd", help="optimizers for the memory table, every group ('' to skip)")
+    ap.add_argument("--memory-adam", default="wide@0.95,wide@0.99", help="groups also measured with Adam")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-idle", type=float, default=0.8,
+                    help="before each timing round wait (up to 2 min) until this fraction of the CPU is idle")
     ap.add_argument("--out", default="docs/perf/sparse_backend.json")
     ap.add_argument("--kernel-rounds", type=int, default=7, help="0 skips the per-kernel table")
     ap.add_argument("--report", metavar="JSON", help="print the Markdown tables of a results file and exit")
@@ -480,16 +513,21 @@ def main(argv=None) -> None:
                            "torch": torch.__version__, "loadavg_start": os.getloadavg()},
                "timing": {}, "memory": {}, "export": {}}
     if args.kernel_rounds:
-        results["kernels"] = kernel_table(args.kernel_rounds)
-    results["profile"] = {f"{m}@{s}/{b}": profile_step(m, s, b) for m, s, b in
-                          (("wide", 0.95, "sparse"), ("wide", 0.99, "sparse"), ("wide", 0.95, "sparse-lean"))}
+        results["kernels"] = kernel_table(args.kernel_rounds, min_idle=args.min_idle)
+    results["profile"] = {}
+    for m, s, b in (("wide", 0.95, "sparse"), ("wide", 0.99, "sparse"), ("wide", 0.95, "sparse-lean")):
+        wait_for_idle(args.min_idle, timeout=120)
+        results["profile"][f"{m}@{s}/{b}"] = profile_step(m, s, b)
     backends = args.backends.split(",")
     for m in args.models.split(","):
         for s in map(float, args.sparsities.split(",")):
             key = f"{m}@{s}"
-            results["timing"][key] = time_group(m, s, backends, args.optimizer, args.rounds, args.per_round)
+            results["timing"][key] = time_group(m, s, backends, args.optimizer, args.rounds, args.per_round,
+                                                args.min_idle)
             print(key, json.dumps(results["timing"][key]), flush=True)
-            for opt_kind in filter(None, args.memory.split(",")):
+            opts = list(filter(None, args.memory.split(",")))
+            opts += ["adam"] if key in args.memory_adam.split(",") and "adam" not in opts else []
+            for opt_kind in opts:
                 results["memory"][f"{key}/{opt_kind}"] = {
                     "share": active_share(m, s, opt_kind),
                     **{b: measure_memory(m, s, b, opt_kind) for b in backends}}

@@ -227,6 +227,7 @@ def test_snfs_is_refused_on_compressed_layers():
     model = mlp()
     with pytest.raises(ConfigError, match="masked-dense"):
         SparseEngine(model, None, "snfs", sparsity=0.9, total_steps=20, max_density=1.0, min_size=0)
+    assert all(type(m) is not SparseLinear for m in model)            # the model was left alone
 
 
 def test_sparsify_and_densify_round_trip_keep_outputs_and_state():

@@ -123,19 +123,23 @@ class SparseEngine(SparsityEngine):
 
     # --- compression ----------------------------------------------------------------------------
     def _compress(self, policy: BackendPolicy) -> None:
+        chosen = [t for t in self.targets if self._linear(t) and policy.choose(
+            t.name, t.param.numel(), float(self.masks[t.name].sum()) / t.param.numel()) == "sparse"]
+        if chosen:
+            self._check_method()  # before touching the model
         layers = {}
-        for t in list(self.targets):
-            module = self.model.get_submodule(t.module_name) if t.module_name else self.model
-            if type(module) is not nn.Linear or t.name != f"{t.module_name}.weight" or not t.module_name:
-                continue
-            density = float(self.masks[t.name].sum()) / t.param.numel()
-            if policy.choose(t.name, t.param.numel(), density) == "sparse":
-                layers[t.name] = compress_linear(self.model, t.module_name, self.masks[t.name], self.optimizer,
-                                                 policy.cache_transpose)
-                self._replace_target(_logical_target(t.name, t.module_name, t.shape))
+        for t in chosen:
+            layers[t.name] = compress_linear(self.model, t.module_name, self.masks[t.name], self.optimizer,
+                                             policy.cache_transpose)
+            self._replace_target(_logical_target(t.name, t.module_name, t.shape))
         log.info("sparse backend: %d of %d layers compressed (%s)", len(layers), len(self.targets),
                  ", ".join(layers) or "none")
         self._adopt(layers)
+
+    def _linear(self, t: Target) -> bool:
+        """Whether target ``t`` is the weight of a plain nn.Linear (the layers we can compress)."""
+        return bool(t.module_name) and t.name == f"{t.module_name}.weight" and \
+            type(self.model.get_submodule(t.module_name)) is nn.Linear
 
     def _replace_target(self, target: Target) -> None:
         self.targets = [target if t.name == target.name else t for t in self.targets]
