@@ -85,3 +85,18 @@ def test_count_zeros_hits_every_exact_count(numel, data):
 @given(numel=st.integers(1, 5000), pct=st.integers(0, 99))
 def test_count_zeros_agrees_with_exact_rational_floor(numel, pct):
     assert count_zeros(numel, pct / 100) == (pct * numel) // 100
+
+
+@pytest.mark.parametrize("k", [1, 333, 5000, 9999, 10000])
+def test_selection_equals_stable_sort_on_a_large_tied_tensor(k):
+    g = torch.Generator().manual_seed(k)
+    scores = torch.randint(0, 7, (100, 100), generator=g).float()  # ~1400 entries per value
+    eligible = torch.rand(100, 100, generator=g) < 0.7
+    ref = torch.zeros(10000, dtype=torch.bool)
+    ref[torch.sort(scores.reshape(-1), descending=True, stable=True).indices[:k]] = True
+    assert torch.equal(topk_mask(scores, k).reshape(-1), ref)
+    k_el = min(k, int(eligible.sum()))
+    idx = torch.nonzero(eligible.reshape(-1)).squeeze(1)
+    ref = torch.zeros(10000, dtype=torch.bool)
+    ref[idx[torch.sort(scores.reshape(-1)[idx], descending=True, stable=True).indices[:k_el]]] = True
+    assert torch.equal(topk_mask(scores, k_el, eligible=eligible).reshape(-1), ref)
