@@ -5,7 +5,7 @@ Every run is an ordinary ``sparsetrain train`` run (idempotent: rerunning skips 
 resumes interrupted ones); the sanity checks are ``sparsetrain sanity RUN_DIR``. Results go to
 docs/lottery.md (table + the equivalent CLI commands) and a JSON next to the runs.
 
-    python benchmarks/lottery_mnist.py --data-dir ../shared/data            # about 20 min on 1 CPU thread
+    python benchmarks/lottery_mnist.py --data-dir ../shared/data            # about 12 min on 1 CPU thread
     python benchmarks/lottery_mnist.py --data-dir ../shared/data --epochs 1 --out-dir /tmp/lt  # smoke
 
 Short schedules on purpose (the brief of this benchmark): every weight training lasts ``--epochs``
@@ -109,12 +109,22 @@ def imp_rounds(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def write_doc(args, rows, sanity_results, summaries, cmds, seconds: float) -> None:
+def compute_minutes(rows: List[dict]) -> float:
+    """Wall time of every run and sanity retraining, from their summaries (cached runs included)."""
+    total = sum(r["wall_s"] for r in rows)
+    for r in rows:
+        for f in Path(r["run_dir"]).glob("sanity/*/summary.json"):
+            total += json.loads(f.read_text())["wall_time_s"]
+    return total / 60
+
+
+def write_doc(args, rows, sanity_results, summaries, cmds) -> None:
     imp = summaries.get("IMP", {})
+    width = summaries.get("small_dense", {}).get("model_width")
     doc = f"""# Lottery tickets on {args.dataset}: LeNet-300-100 at {args.sparsity:.0%} sparsity
 
-Measured by `benchmarks/lottery_mnist.py` (seed {args.seed}, one CPU thread, {seconds / 60:.0f} min in
-all). Every weight training lasts {args.epochs} epochs (batch 128, SGD 0.1 Nesterov, cosine, wd 1e-4):
+Measured by `benchmarks/lottery_mnist.py` (seed {args.seed}, one CPU thread shared with other
+jobs, {compute_minutes(rows):.0f} min of training in all). Every weight training lasts {args.epochs} epochs (batch 128, SGD 0.1 Nesterov, cosine, wd 1e-4):
 IMP trains each round that long, Gem-Miner and edge-popup fine-tune that long after
 {2 * args.epochs} epochs of mining. The layer-wise distribution is ERK (every layer sparsified);
 IMP, Gem-Miner, GraSP and SynFlow prune globally, SNIP and edge-popup per layer at the ERK counts.
@@ -130,6 +140,9 @@ Short schedules: the numbers compare methods under one small budget, not the pap
   whose accuracy drops under a check depends on what the check destroys.
 
 {table(rows, sanity_results)}
+
+Small-Dense is LeNet-300-100 at width {fmt(width, '.4f')}: as many parameters as the sparse
+model has nonzeros.
 
 IMP rounds (density of the sparsified layers, test accuracy after the round's training):
 
@@ -183,7 +196,6 @@ def main() -> None:
     p.add_argument("--no-doc", action="store_true", help="print only; do not write docs/lottery.md")
     args = p.parse_args()
     torch.set_num_threads(1)
-    start = time.time()
     rows, summaries, sanity_results, cmds = [], {}, {}, []
     for name, (method, extra) in methods(args.epochs).items():
         cfg = config_of(args, method, extra)
@@ -200,7 +212,7 @@ def main() -> None:
     (Path(args.out_dir) / "lottery_results.json").write_text(json.dumps(result, indent=2))
     print(table(rows, sanity_results))
     if not args.no_doc:
-        write_doc(args, rows, sanity_results, summaries, cmds, time.time() - start)
+        write_doc(args, rows, sanity_results, summaries, cmds)
 
 
 if __name__ == "__main__":
