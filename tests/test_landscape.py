@@ -13,7 +13,7 @@ from sparsetrain.cli import main
 from sparsetrain.config import load_config, run_hash
 from sparsetrain.errors import CheckpointError, ConfigError
 from sparsetrain.experiments.init_from import init_from_run
-from sparsetrain.experiments.landscape import interpolate, interpolate_state, paper_experiment, write_landscape
+from sparsetrain.experiments.landscape import interpolate, interpolate_state, write_landscape
 from sparsetrain.train.checkpoint import load_checkpoint
 from sparsetrain.train.runner import Trainer, run_dir_for, train_run
 

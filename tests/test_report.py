@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sparsetrain.cli import main
-from sparsetrain.config import RunConfig, load_config, to_dict
+from sparsetrain.config import load_config, to_dict
 from sparsetrain.errors import ConfigError
 from sparsetrain.reports import group_runs, load_runs, markdown_table, write_report
 from sparsetrain.reports.plots import churn_curve, series_label
@@ -26,10 +26,10 @@ LAYERS = {"erk": {"fc1.weight": 0.05, "fc2.weight": 0.3}, "uniform": {"fc1.weigh
 
 
 def write_run(root: Path, method: str, dist: str, sparsity: float, seed: int, acc: float,
-              finished: bool = True, flops: bool = True) -> Path:
+              finished: bool = True, flops: bool = True, extra: tuple = ()) -> Path:
     cfg = load_config(overrides=(f"sparsity.method={method}", f"sparsity.distribution={dist}",
-                                 f"sparsity.sparsity={sparsity}", f"seed={seed}", f"out_dir={root}"))
-    run = root / f"{method}-{dist}-{sparsity}-{seed}"
+                                 f"sparsity.sparsity={sparsity}", f"seed={seed}", f"out_dir={root}") + extra)
+    run = root / f"{method}-{dist}-{sparsity}-{seed}-{len(list(root.glob('*'))) if root.exists() else 0}"
     run.mkdir(parents=True)
     (run / "config.json").write_text(json.dumps({**to_dict(cfg), "_hash": "x"}))
     if not finished:
@@ -147,6 +147,15 @@ def test_markdown_shows_only_varying_keys(runs):
     md = markdown_table(group_runs(load_runs(runs)))
     head = md.splitlines()[0]
     assert "distribution" in head and "options" not in head and "width" not in head
+
+
+def test_options_are_opened_so_only_the_varying_option_is_a_column(tmp_path):
+    for dt, acc in ((50, 0.9), (100, 0.8)):
+        write_run(tmp_path, "rigl", "erk", 0.9, 0, acc, extra=(f'sparsity.options={{"delta_t": {dt}, "alpha": 0.3}}',))
+    md = markdown_table(group_runs(load_runs(tmp_path)))
+    head, _, *rows = md.splitlines()
+    assert "| delta_t |" in head and "alpha" not in head
+    assert sorted(r.split(" | ")[4:7] for r in rows) == [["100", "1", "80.00 ± –"], ["50", "1", "90.00 ± –"]]
 
 
 def test_report_cli_and_errors(runs, tmp_path, capsys):

@@ -4,7 +4,6 @@ every ready-made config in configs/ loading."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..config import RunConfig, apply_override, load_config, merge, parse_value, read_file
+from ..config import RunConfig, apply_override, load_config, parse_value, read_file
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -372,11 +372,6 @@ def sweep(path: Optional[str] = None, grid: Sequence[str] = (), overrides: Seque
     return run_sweep(configs, jobs=jobs, progress=progress)
 
 
-def merge_specs(base: Mapping[str, Any], spec: SweepSpec) -> SweepSpec:
-    """``spec`` with ``base`` (a nested config dict) underneath its own base."""
-    return SweepSpec(base=merge(dict(base), spec.base), grid=dict(spec.grid), variants=list(spec.variants))
-
-
 def describe(configs: Sequence[RunConfig]) -> List[Tuple[str, str]]:
     """(status, run directory) of every config, for ``--dry-run``."""
     from ..train.runner import run_dir_for
@@ -386,4 +381,4 @@ def describe(configs: Sequence[RunConfig]) -> List[Tuple[str, str]]:
 
 __all__ = ["SweepSpec", "SweepResult", "RunOutcome", "read_sweep_file", "parse_grid_flag", "build_spec",
            "grid_points", "expand", "check_runnable", "run_status", "run_one", "run_sweep", "sweep",
-           "merge_specs", "describe"]
+           "describe"]

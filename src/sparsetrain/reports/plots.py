@@ -66,7 +66,7 @@ def series_label(g: Group, keys: Sequence[str]) -> str:
     parts = ["small_dense" if dense and not is_dense_baseline(g) else str(method)]
     for k in keys:
         v = g.get(k)
-        if k in ("sparsity.method", X_KEY) or (dense and k.startswith("sparsity.")):
+        if k in ("sparsity.method", X_KEY) or (dense and k.startswith("sparsity.")) or v is None:
             continue
         if k == "sparsity.distribution":
             parts.append(str(v))

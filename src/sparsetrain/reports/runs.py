@@ -73,6 +73,18 @@ def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:
     return out
 
 
+def flat_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """Dotted keys of a saved config; ``options`` tables are opened one level too
+    (``sparsity.options.delta_t``), so a table shows only the option that varies."""
+    out: Dict[str, Any] = {}
+    for key, value in flat_items(cfg):
+        if key.endswith("options") and isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
 def read_run(run_dir: Path) -> Optional[RunRecord]:
     """The record of ``run_dir``, or None if its config.json is unreadable."""
     cfg = _read_json(run_dir / "config.json")
@@ -80,7 +92,7 @@ def read_run(run_dir: Path) -> Optional[RunRecord]:
         return None
     summary_path = run_dir / "summary.json"
     summary = _read_json(summary_path) if summary_path.exists() else None
-    return RunRecord(run_dir, dict(flat_items(cfg)), summary)
+    return RunRecord(run_dir, flat_config(cfg), summary)
 
 
 def load_runs(root: str | Path) -> List[RunRecord]:

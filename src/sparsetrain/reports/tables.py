@@ -106,13 +106,21 @@ def _sort_key(g: Group) -> tuple:
     return fixed + (float(g.get("sparsity.sparsity", 0.0)), json.dumps(g.config, sort_keys=True, default=str))
 
 
+def _varies(groups: Sequence[Group], key: str) -> bool:
+    values = [g.get(key) for g in groups]
+    if ".options." in key:  # a method without this option is not a different value of it
+        values = [v for v in values if v is not None]
+    return len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1
+
+
 def varying_keys(groups: Sequence[Group], exclude: Iterable[str] = ()) -> List[str]:
-    """Config keys whose value differs between ``groups`` (in first-seen order)."""
+    """Config keys whose value differs between ``groups`` (in first-seen order); an option
+    that only some groups' methods have counts as varying only if its set values differ."""
     skip = set(exclude)
     keys: List[str] = []
     for g in groups:
         keys += [k for k in g.config if k not in keys and k not in skip]
-    return [k for k in keys if len({json.dumps(g.get(k), sort_keys=True, default=str) for g in groups}) > 1]
+    return [k for k in keys if _varies(groups, k)]
 
 
 def table_keys(groups: Sequence[Group]) -> List[str]:
@@ -146,7 +154,9 @@ def show_stat(metric: str, stat: Optional[Stat]) -> str:
 
 
 def _title(key: str) -> str:
-    return SHORT.get(key, key)
+    if key in SHORT:
+        return SHORT[key]
+    return key.rsplit(".", 1)[-1] if ".options." in key else key
 
 
 def _metric_title(metric: str) -> str:
