@@ -129,7 +129,8 @@ def test_missing_flops_skips_that_plot_with_a_note(tmp_path):
 
 def test_churn_is_one_point_per_distinct_update():
     records = [{"step": 10, "last_update": {"step": 9, "churn": 0.2}}, {"step": 20, "last_update": {"step": 9, "churn": 0.2}},
-               {"step": 30, "last_update": {"step": 29, "churn": 0.1}}, {"step": 40}]
+               {"step": 30, "last_update": {"step": 29, "churn": 0.1}}, {"step": 40},
+               {"step": 50, "last_update": {"step": 45, "churn": 0.0, "reason": "prune"}}]
     assert churn_curve(records) == ([9, 29], [0.2, 0.1])
 
 

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -40,18 +40,16 @@ def _source_checkpoint(run_dir: str | Path, device) -> dict:
 
 
 def _copy_masks(engine, masks: dict, source: str) -> None:
-    """Replace the engine's masks by ``masks`` (same layers and shapes), then apply them."""
+    """Replace the engine's masks by ``masks`` (same layers and shapes) and apply them."""
     if set(masks) != {t.name for t in engine.targets}:
         raise CheckpointError(f"train.init_from='{source}' has masks for {sorted(masks)} but this run "
                               f"sparsifies {sorted(t.name for t in engine.targets)}; use the same model "
                               "and the same dense_first/dense_last/include/exclude settings")
-    for t in engine.targets:
-        m = masks[t.name]
-        m = m.to_dense() if m.layout != torch.strided else m
-        if tuple(m.shape) != tuple(t.param.shape):
-            raise CheckpointError(f"train.init_from='{source}': mask '{t.name}' has shape {tuple(m.shape)}, "
-                                  f"the weight {tuple(t.param.shape)}")
-        engine.masks[t.name] = m.to(device=t.param.device, dtype=torch.bool).clone()
+    dense = {n: m.to_dense() if m.layout != torch.strided else m for n, m in masks.items()}
+    try:
+        engine.set_masks(dense, reason="init_from")
+    except ConfigError as e:
+        raise CheckpointError(f"train.init_from='{source}': {e}") from None
 
 
 def init_from_run(model: nn.Module, engine, run_dir: str | Path, device: Optional[torch.device] = None) -> None:
@@ -68,5 +66,6 @@ def init_from_run(model: nn.Module, engine, run_dir: str | Path, device: Optiona
     source_engine = ck.get("engine")
     if source_engine is not None:
         _copy_masks(engine, source_engine["masks"], str(run_dir))
-    engine.apply_masks()
+    else:
+        engine.apply_masks()  # a dense source: this run's own initial masks prune its weights
     log.info("initialised from %s (weights%s)", run_dir, " and masks" if source_engine is not None else "")

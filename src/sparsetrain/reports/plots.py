@@ -243,11 +243,12 @@ def plot_dynamics(groups: Sequence[Group], path: Path, title: str) -> Optional[P
 
 
 def churn_curve(records: Sequence[Dict[str, Any]]) -> Tuple[List[int], List[float]]:
-    """(update step, churn) of each distinct topology update seen in metrics.jsonl."""
+    """(update step, churn) of each distinct drop/grow update seen in metrics.jsonl; masks set
+    wholesale (records with a ``reason``: pruning, init_from) are not drop/grow updates."""
     seen: Dict[int, float] = {}
     for r in records:
         upd = r.get("last_update")
-        if isinstance(upd, dict) and "churn" in upd and "step" in upd:
+        if isinstance(upd, dict) and "churn" in upd and "step" in upd and "reason" not in upd:
             seen[int(upd["step"])] = float(upd["churn"])
     steps = sorted(seen)
     return steps, [seen[s] for s in steps]
