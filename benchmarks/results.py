@@ -536,7 +536,8 @@ def parse_args(argv=None) -> Tuple[Plan, argparse.Namespace]:
     if a.smoke:
         plan = dataclasses.replace(plan, scale=0.01, seeds=1, settings=("mnist_lenet300",), sparsities=(0.9,),
                                    methods=("dense", "static", "rigl"), sensitivity=False,
-                                   runs_dir=ROOT / "runs" / "smoke",
+                                   runs_dir=Path(a.runs_dir) if a.runs_dir != str(ROOT / "runs" / "results")
+                                   else ROOT / "runs" / "smoke",
                                    docs=Path(a.docs) if a.docs != str(ROOT / "docs") else Path("/tmp/sparsetrain_smoke_docs"))
     unknown = set(plan.settings) - set(SETTINGS)
     if unknown:
