@@ -26,6 +26,16 @@ from sparsetrain.train.lr import lr_factor
 from sparsetrain.train.runner import Trainer, build_optimizer
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a shared, oversubscribed CPU two spinning OpenMP threads make
+    these tiny workloads many times slower (the library itself never sets threads)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def cli(argv, capsys):
     """Run the CLI in-process: (exit code, stdout, stderr)."""
     try:
