@@ -242,15 +242,22 @@ def test_bad_engine_states_are_checkpoint_errors():
     good = eng.state_dict()
     other = SparsityEngine(nn.Sequential(nn.Linear(8, 3)), None, "rigl", sparsity=0.5, total_steps=5).state_dict()
     wrong_shape = copy.deepcopy(good)
-    wrong_shape["masks"]["0.weight"] = torch.ones(3, 3, dtype=torch.bool)
+    wrong_shape["masks"]["0.weight"] = torch.ones(16, 8, dtype=torch.bool)  # valid, but differs
+    wrong_shape["masks"]["4.weight"] = torch.ones(3, 3, dtype=torch.bool)
+    not_a_tensor = copy.deepcopy(good)
+    not_a_tensor["masks"]["2.weight"] = [[1, 0]]
     wrong_method = copy.deepcopy(good)
     wrong_method["config"]["method"] = "set"
     cases = [({}, "not a sparsetrain engine state"), (None, "not a sparsetrain engine state"),
              ({"masks": {}}, "not a sparsetrain engine state"), (other, "same architecture"),
-             (wrong_shape, r"mask '0.weight' has shape \(3, 3\)"), (wrong_method, "for method 'set', not 'rigl'")]
+             (wrong_shape, r"mask '4.weight' has shape \(3, 3\)"), (not_a_tensor, r"mask '2.weight' has shape \(\)"),
+             (wrong_method, "for method 'set', not 'rigl'")]
+    before = {n: m.clone() for n, m in eng.masks.items()}
     for state, match in cases:
         with pytest.raises(CheckpointError, match=match):
             eng.load_state_dict(state)
+        # a rejected state leaves the engine as it was
+        assert all(torch.equal(eng.masks[n], before[n]) for n in before) and eng.step == 0
 
 
 # --- user errors ------------------------------------------------------------------------------------

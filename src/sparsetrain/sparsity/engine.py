@@ -247,10 +247,11 @@ class SparsityEngine:
         if state.get("config", {}).get("method", self.method.name) != self.method.name:
             raise CheckpointError(f"engine state is for method '{state['config']['method']}', "
                                   f"not '{self.method.name}'")
+        for n, m in masks.items():  # check every mask before changing anything
+            if not torch.is_tensor(m) or tuple(m.shape) != self._by_name[n].shape:
+                raise CheckpointError(f"mask '{n}' has shape {tuple(getattr(m, 'shape', ()))}, the model's "
+                                      f"weight {self._by_name[n].shape}; load it into the same architecture")
         for n, m in masks.items():
-            if tuple(m.shape) != self._by_name[n].shape:
-                raise CheckpointError(f"mask '{n}' has shape {tuple(m.shape)}, the model's weight "
-                                      f"{self._by_name[n].shape}; load it into the same architecture")
             self._restore_mask(n, m)
         self.step, self.last_update = step, state.get("last_update")
         self.densities = dict(state.get("densities", self.densities))
