@@ -9,34 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from sparsetrain.cli import main
 from sparsetrain.config import load_config, run_hash, to_dict
 from sparsetrain.registry import DATASETS, DISTRIBUTIONS, METHODS, MODELS
+from helpers import run_cli as cli
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from helpers import SHARED_DATA as DATA
 FAST = ["--set", "train.steps=30", "--set", "train.eval_every=10"]
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two spinning OpenMP threads make
-    these tiny workloads many times slower (the library itself never sets threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(argv, capsys):
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def sparsetrain(*args, cwd=None, env=None):

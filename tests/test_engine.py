@@ -15,15 +15,6 @@ from sparsetrain.sparsity.topk import count_active, count_zeros
 PROP = settings(max_examples=25, deadline=None)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --- random small architectures ------------------------------------------------------------------
 @st.composite
 def archs(draw):

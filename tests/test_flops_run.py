@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 from sparsetrain.cli import main

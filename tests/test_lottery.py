@@ -22,15 +22,6 @@ BASE = ("model.name=mlp", "data.batch_size=256", "train.progress=off", "optim.lr
 EPOCH = 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cfg_for(tmp_path, method, sparsity, epochs, options="{}", *extra):
     return load_config(overrides=BASE + (f"sparsity.method={method}", f"sparsity.sparsity={sparsity}",
                                          f"train.epochs={epochs}", f"sparsity.options={options}",

@@ -13,14 +13,6 @@ from sparsetrain.sparsity.methods.redistribution import apportion, layer_statist
 from sparsetrain.sparsity.topk import topk_mask
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add synchronisation (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # --- the 8-weight example ------------------------------------------------------------------------
 # Linear(4, 2) without bias; flat indices 0..7 row by row.
 W = torch.tensor([[0.5, -0.1, 0.9, 0.3],

@@ -18,6 +18,7 @@ import torch
 from sparsetrain.cli import main
 from sparsetrain.train.callbacks import MetricsLog
 from sparsetrain.train.checkpoint import load_checkpoint
+from helpers import run_cli as cli
 
 STEPS = 200
 # eval and checkpoint steps interleave, so a kill leaves metrics lines past the checkpoint and a
@@ -27,23 +28,6 @@ RUN = ["train", "--quiet", "--set", f"train.steps={STEPS}", "--set", "train.eval
        "--set", "data.batch_size=32"]
 # one intra-op thread in every process of this file, so floating-point reductions are identical
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +117,7 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
     assert without_wall_time(summary_a) == without_wall_time(summary_b)
 
 
-def test_sigkill_then_resume_flag_is_bitwise_equal_to_uninterrupted(tmp_path, capsys, reference, one_thread):
+def test_sigkill_then_resume_flag_is_bitwise_equal_to_uninterrupted(tmp_path, capsys, reference):
     run_dir = start_and_kill(tmp_path)
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write('{"step": 99999, "phase": "tr')  # as if the kill hit in the middle of a write
@@ -143,7 +127,7 @@ def test_sigkill_then_resume_flag_is_bitwise_equal_to_uninterrupted(tmp_path, ca
     assert_same_run(run_dir, reference)
 
 
-def test_sigkill_then_same_command_resumes(tmp_path, capsys, reference, one_thread):
+def test_sigkill_then_same_command_resumes(tmp_path, capsys, reference):
     run_dir = start_and_kill(tmp_path)
     code, out, err = cli([*RUN, "--out-dir", str(tmp_path)], capsys)
     assert code == 0, err

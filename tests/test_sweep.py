@@ -9,26 +9,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from sparsetrain.cli import main
 from sparsetrain.config import load_config
 from sparsetrain.errors import ConfigError
 from sparsetrain.experiments.sweep import (SweepSpec, build_spec, check_runnable, expand, grid_points,
                                            parse_grid_flag, read_sweep_file, run_status, run_sweep)
 from sparsetrain.train import runner
 from sparsetrain.train.callbacks import Callback
+from helpers import run_cli as cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = {"train": {"steps": 20, "eval_every": 10, "progress": "off"}, "data": {"batch_size": 64},
         "sparsity": {"sparsity": 0.8, "options": {}}}
-
-
-def cli(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 # --- specification ---------------------------------------------------------------------------------

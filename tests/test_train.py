@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sparsetrain.cli import main
 from sparsetrain.config import load_config
 from sparsetrain.data.base import DataInfo
 from sparsetrain.errors import ConfigError
@@ -24,26 +23,7 @@ from sparsetrain.train.evaluate import evaluate, task_loss
 from sparsetrain.train.loop import LoopState, _optimizer_step
 from sparsetrain.train.lr import lr_factor
 from sparsetrain.train.runner import Trainer, build_optimizer
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a shared, oversubscribed CPU two spinning OpenMP threads make
-    these tiny workloads many times slower (the library itself never sets threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def cli(argv, capsys):
-    """Run the CLI in-process: (exit code, stdout, stderr)."""
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
+from helpers import run_cli as cli
 
 
 # --- learning-rate schedule (pure function of the step) -------------------------------------------
