@@ -248,3 +248,21 @@ def test_small_dense_matches_the_sparse_nonzero_count():
     n = count_parameters(build_model("lenet300", info, width=adjusted.model.width))
     assert abs(n - target) / target < 0.02
     assert adjusted.sparsity == cfg.sparsity and adjusted.model.name == "lenet300"
+
+
+def test_small_dense_flops_are_relative_to_the_full_dense_model(tmp_path):
+    """The narrowed model's cost is reported against the configured (full-width) dense model."""
+    from sparsetrain.config import load_config
+    from sparsetrain.flops import count_flops
+    from sparsetrain.train.runner import Trainer
+
+    cfg = load_config(overrides=("model.name=lenet300", "sparsity.method=small_dense", "sparsity.sparsity=0.9",
+                                 "train.steps=3", "train.progress=off", f"out_dir={tmp_path}"))
+    trainer = Trainer(cfg)
+    summary = trainer.run()
+    full = count_flops(build_model("lenet300", trainer.info), (1, 8, 8)).dense
+    narrow = count_flops(trainer.model, (1, 8, 8)).dense
+    assert narrow < 0.5 * full
+    assert summary["inference_flops_dense"] == full
+    assert summary["inference_flops"] == narrow
+    assert summary["train_flops_ratio"] == pytest.approx(narrow / full)

@@ -44,19 +44,24 @@ class FlopsMeter(Callback):
         info: the dataset's :class:`~sparsetrain.data.base.DataInfo` (input shape and task).
         method: the method object (``engine.method``, or an instance for engine-less methods);
             it owns ``training_flops(f_s, f_d)`` and ``uses_dense_grad(step)``.
-        engine: the SparsityEngine, or None for dense training (then f_S = f_D).
+        engine: the SparsityEngine, or None for dense training (then f_S = the model's dense cost).
         examples_per_step: examples of one optimizer step over all processes.
         multiplier: the extended-training factor M; ratios are given against a 1× dense run.
+        reference: the configured dense model when ``model`` differs from it (Small-Dense builds
+            a narrower one); f_D and every ratio refer to the reference.
     """
 
     def __init__(self, model: nn.Module, info, method, engine, examples_per_step: int,
-                 multiplier: float = 1.0):
+                 multiplier: float = 1.0, reference: Optional[nn.Module] = None):
         self.model, self.method, self.engine = model, method, engine
         self.shape, self.dtype = input_spec(info)
         self.examples_per_step, self.multiplier = int(examples_per_step), float(multiplier)
         self.tracker = FlopsTracker()
-        self.f_d = float(count_flops(model, self.shape, input_dtype=self.dtype).dense)
-        self.f_s = self.f_d
+        own = float(count_flops(model, self.shape, input_dtype=self.dtype).dense)
+        # f_D is the configured dense model's; a narrowed model (Small-Dense) runs at its own cost
+        self.f_d = own if reference is None else float(
+            count_flops(reference, self.shape, input_dtype=self.dtype).dense)
+        self.f_s = own
         self._seen: Any = object()  # the engine's last_update the current f_S belongs to
 
     def refresh(self) -> None:
@@ -104,10 +109,13 @@ class FlopsMeter(Callback):
         }
 
 
-def build_flops_meter(model: nn.Module, info, cfg, engine, world: int = 1) -> FlopsMeter:
-    """The meter of a run: the engine's method, or the (validated) engine-less method of ``cfg``."""
+def build_flops_meter(model: nn.Module, info, cfg, engine, world: int = 1,
+                      reference: Optional[nn.Module] = None) -> FlopsMeter:
+    """The meter of a run: the engine's method, or the (validated) engine-less method of ``cfg``;
+    ``reference`` is the configured dense model when the trained one differs (Small-Dense)."""
     from ..registry import METHODS
 
     s = cfg.sparsity
     method = engine.method if engine is not None else METHODS.get(s.method)(**s.options)
-    return FlopsMeter(model, info, method, engine, cfg.data.batch_size * world, cfg.train.multiplier)
+    return FlopsMeter(model, info, method, engine, cfg.data.batch_size * world, cfg.train.multiplier,
+                      reference)

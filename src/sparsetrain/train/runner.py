@@ -193,7 +193,9 @@ class Trainer:
         self.total = total_steps(cfg, self.batches.steps_per_epoch)
         self.optimizer = build_optimizer(self.model, cfg)
         self.engine = build_engine(self.model, self.optimizer, cfg, self.total)
-        self.flops = build_flops_meter(self.model, self.info, cfg, self.engine, self.dist.world)
+        reference = None if m == cfg.model else build_model(cfg.model.name, self.info, width=cfg.model.width,
+                                                            **cfg.model.options)
+        self.flops = build_flops_meter(self.model, self.info, cfg, self.engine, self.dist.world, reference)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.total, self.batches.steps_per_epoch)
         self.run_dir = Path(run_dir) if run_dir else run_dir_for(cfg)
         self.wall_time = 0.0
