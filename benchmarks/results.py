@@ -393,6 +393,20 @@ def _options(g) -> Dict[str, Any]:
     return {k[len(prefix):]: v for k, v in g.config.items() if k.startswith(prefix)}
 
 
+def sensitivity_updates_note(root: Path) -> str:
+    """How many mask updates each ΔT really made (RigL counts one dense-gradient step per
+    update): at this scale a large ΔT may start after T_end, i.e. train as Static."""
+    from sparsetrain.reports import load_runs
+    seen: Dict[int, int] = {}
+    for r in load_runs(root) if root.is_dir() else []:
+        if r.summary:
+            seen.setdefault(r.config.get("sparsity.options.delta_t"), r.summary.get("train_flops_dense_grad_steps", 0))
+    parts = [f"ΔT={d}: {n}" for d, n in sorted(seen.items()) if d is not None]
+    return "Mask updates per run (dense-gradient steps): " + ", ".join(parts) + (
+        ". A ΔT whose first update (step ΔT) falls after T_end makes none, so its row is Static." if
+        any(n == 0 for n in seen.values()) else ".")
+
+
 def sensitivity_verdict(groups) -> str:
     """Paper: ΔT=100 with α=0.3 or 0.5 is best. Confirmed if the best cell is one of those,
     inconclusive if it beats them only within the seed spread, not confirmed otherwise."""
@@ -476,7 +490,8 @@ def write_results(plan: Plan, exps: Sequence[Experiment], notes: List[str], curv
     if sens:
         v = sensitivity_verdict(sens)
         lines += ["## Sensitivity to ΔT and α (RigL, MNIST LeNet-300-100, 90%, uniform)", "",
-                  sensitivity_table(sens), f"Paper: ΔT=100 with α=0.3 or 0.5 is best. Here: {v}.", ""]
+                  sensitivity_table(sens), sensitivity_updates_note(plan.runs_dir / "sensitivity"), "",
+                  f"Paper: ΔT=100 with α=0.3 or 0.5 is best. Here: {v}.", ""]
         verdicts.append(f"ΔT/α sensitivity — {v}")
     ptb = _groups(plan.runs_dir / "ptb")
     if ptb:
@@ -492,6 +507,11 @@ def write_results(plan: Plan, exps: Sequence[Experiment], notes: List[str], curv
                   f"![landscape]({png.relative_to(docs).as_posix()})", "", f"{v}.", ""]
         verdicts.append(f"Static→RigL loss barrier — {v}")
     hours = _total_compute(plan.runs_dir) / 3600
+    lines += ["## Lottery tickets: Gem-Miner vs IMP vs pruning at init", "",
+              "Ticket accuracy, time-to-ticket (epochs, wall time, training FLOPs) and the sanity checks "
+              "of IMP, Gem-Miner, edge-popup, SNIP, GraSP, SynFlow and random masks on MNIST "
+              "LeNet-300-100 at 95% are in [lottery.md](lottery.md), produced by "
+              "`python benchmarks/lottery_mnist.py --data-dir ../shared/data`.", ""]
     lines += ["## Closing note", "", f"Total compute: {hours:.2f} run-hours, the sum of every run's own wall "
               f"time (runs went {plan.jobs} at a time on this machine; scale {plan.scale:g}"
               + "".join(f", {k} {v:g}" for k, v in plan.setting_scale.items()) + f", seeds {plan.seeds}); "
