@@ -115,7 +115,7 @@ class SparseEngine(SparsityEngine):
         new.config = {"method": new.method.name, "sparsity": 1 - sum(l.nnz for l in layers.values()) / total,
                       "distribution": "custom", "dense_first": False, "dense_last": False, "seed": seed}
         new.generator = torch.Generator().manual_seed(int(seed))
-        new.step, new.last_update, new._pending_update = 0, None, False
+        new.step, new.last_update, new._pending_update, new._multipliers = 0, None, False, {}
         new.method.setup(new)
         new.masks = {}
         new._adopt(layers)
