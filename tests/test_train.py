@@ -237,3 +237,28 @@ def test_language_model_run_with_adam_reports_perplexity(tmp_path, capsys):
     assert last["test_perplexity"] < first["test_perplexity"]  # it learns
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["best"]["test_perplexity"] == min(r["test_perplexity"] for r in records)
+
+
+def test_threads_automatic_for_small_models_and_explicit_otherwise():
+    from sparsetrain.train.runner import configure_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        configure_threads(0, torch.nn.Linear(10, 10))  # tiny model: one thread
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        configure_threads(0, torch.nn.Linear(2000, 1000))  # 2M parameters: left alone
+        assert torch.get_num_threads() == 2
+        configure_threads(3, torch.nn.Linear(10, 10))  # explicit wins
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_threads_key_is_validated_and_not_hashed():
+    from sparsetrain.config import load_config, run_hash
+
+    with pytest.raises(ConfigError, match="train.threads"):
+        load_config(overrides=("train.threads=-1",))
+    assert run_hash(load_config(overrides=("train.threads=4",))) == run_hash(load_config())

@@ -82,6 +82,19 @@ def configure_backend(device: torch.device, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = not deterministic
 
 
+#: below this many parameters the automatic thread choice (train.threads = 0) is one thread
+SMALL_MODEL_PARAMS = 1_000_000
+
+
+def configure_threads(threads: int, model: torch.nn.Module) -> None:
+    """``train.threads`` > 0 sets the CPU intra-op threads; 0 picks one for small models and
+    leaves PyTorch's (or the sweep worker's) setting otherwise."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif sum(p.numel() for p in model.parameters()) < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+
+
 def seed_everything(seed: int) -> None:
     """Seed torch, Python's ``random`` and NumPy: model init and any user transform are reproducible
     (the checkpoint restores all three on resume)."""
@@ -189,6 +202,8 @@ class Trainer:
         m = self.model_cfg
         self.model = build_model(m.name, self.info, width=m.width, **m.options)
         self.model.to(self.device)
+        if self.device.type == "cpu":
+            configure_threads(cfg.train.threads, self.model)
         self.batches = EpochBatches(self.splits.train, d.batch_size, cfg.seed, self.dist.rank, self.dist.world)
         self.total = total_steps(cfg, self.batches.steps_per_epoch)
         self.optimizer = build_optimizer(self.model, cfg)
