@@ -11,8 +11,9 @@ Protocol
 * Sparsity is uniform over all Linear layers (no dense first layer). The masked-dense and sparse
   backends run RigL through sparsetrain's engine; rigl-torch (PyPI ``rigl-torch``) runs its
   RigLScheduler (uniform: it keeps the first layer dense; its compute is dense anyway).
-  The sparse backend uses the automatic per-layer rule (density <= 0.2 and >= 65,536 weights:
-  the 10-way output layers stay masked-dense).
+  "sparse" uses the automatic per-layer rule (density <= 0.1 and >= 65,536 weights: the 10-way
+  output layers stay masked-dense) and caches Wᵀ's structure; "sparse-lean" compresses every
+  layer and rebuilds Wᵀ's structure in each backward pass (less memory, slower backward).
 * Timing: for each (model, sparsity) all four configurations live in ONE process and are run in
   interleaved rounds (each round runs every configuration for a few steps, in rotating order) so
   machine noise hits all of them alike; we report medians. ΔT = 10 during timing so update steps

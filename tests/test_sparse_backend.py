@@ -216,9 +216,11 @@ def test_mixed_backends_and_policy():
     with pytest.raises(ConfigError):
         use_sparse_backend(model, sp)
     policy = BackendPolicy(0.1, 100, {"head*": "dense", "big": "sparse"})
-    assert policy.choose("head.weight", 10 ** 6, 0.01) == "dense"
-    assert policy.choose("big", 10, 0.9) == "sparse"
-    assert policy.choose("x", 10 ** 6, 0.05) == "sparse" and policy.choose("x", 10 ** 6, 0.5) == "dense"
+    assert policy.choose("head.weight", 10 ** 6, 10 ** 4) == "dense"
+    assert policy.choose("big", 10, 9) == "sparse"
+    assert policy.choose("x", 10 ** 6, 5 * 10 ** 4) == "sparse" and policy.choose("x", 10 ** 6, 5 * 10 ** 5) == "dense"
+    # 90 % sparsity of 4096² leaves N − floor(0.9 N) = 1,677,722 active: density 0.10000002 still counts
+    assert policy.choose("x", 4096 * 4096, 1677722) == "sparse" and policy.choose("x", 4096 * 4096, 1677723) == "dense"
     with pytest.raises(ConfigError):
         BackendPolicy(overrides={"x": "csr"})
 

@@ -1,9 +1,10 @@
 """Converting models between dense ``nn.Linear`` and compressed :class:`SparseLinear` layers.
 
 The per-layer choice is automatic: a layer goes sparse only where the CSR kernels beat dense
-GEMM on CPU — density at most ``max_density`` (MKL CSR wins below ≈15–20 % density, by about
-0.2/density; docs/performance.md) and at least ``min_size`` weights (tiny layers are dominated
-by fixed per-call costs). ``overrides`` forces a backend per layer by fnmatch pattern.
+GEMM on CPU — density at most ``max_density`` (a whole layer step, forward and both gradients,
+breaks even at ≈10 % density for 1024² and ≈15 % for 4096² on 2 cores; docs/performance.md)
+and at least ``min_size`` weights (tiny layers are dominated by fixed per-call costs).
+``overrides`` forces a backend per layer by fnmatch pattern.
 
 When an optimizer is given, the layer's weight is swapped for its values vector in the
 optimizer's parameter groups and every per-weight state tensor (momentum, Adam moments) is
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..sparsity.topk import count_active
 from .linear import SparseLinear
 
 log = logging.getLogger(__name__)
@@ -40,7 +42,7 @@ class BackendPolicy:
             8 more bytes per connection); see :class:`SparseLinear`.
     """
 
-    max_density: float = 0.2
+    max_density: float = 0.1
     min_size: int = 1 << 16
     overrides: Mapping[str, str] = field(default_factory=dict)
     cache_transpose: bool = True
@@ -52,12 +54,14 @@ class BackendPolicy:
         if not 0.0 <= self.max_density <= 1.0:
             raise ConfigError(f"max_density must be in [0, 1], got {self.max_density}")
 
-    def choose(self, name: str, numel: int, density: float) -> str:
-        """'sparse' or 'dense' for weight ``name`` with ``numel`` entries at ``density``."""
+    def choose(self, name: str, numel: int, active: int) -> str:
+        """'sparse' or 'dense' for weight ``name`` with ``numel`` entries, ``active`` of them active."""
         for pattern, backend in self.overrides.items():
             if fnmatch.fnmatchcase(name, pattern):
                 return backend
-        return "sparse" if density <= self.max_density and numel >= self.min_size else "dense"
+        # compare counts, not floats: a layer built at density d has count_active(numel, d) weights
+        small_enough = active <= count_active(numel, self.max_density)
+        return "sparse" if small_enough and numel >= self.min_size else "dense"
 
 
 def _masks_of(engine_or_masks) -> Mapping[str, torch.Tensor]:
@@ -119,7 +123,7 @@ def decompress_linear(model: nn.Module, module_name: str,
     return linear
 
 
-def sparsify_model(model: nn.Module, engine_or_masks, *, max_density: float = 0.2,
+def sparsify_model(model: nn.Module, engine_or_masks, *, max_density: float = 0.1,
                    min_size: int = 1 << 16, overrides: Optional[Mapping[str, str]] = None,
                    optimizer: Optional[torch.optim.Optimizer] = None,
                    cache_transpose: bool = True) -> Dict[str, SparseLinear]:
@@ -134,8 +138,7 @@ def sparsify_model(model: nn.Module, engine_or_masks, *, max_density: float = 0.
     out = {}
     for name, module_name in linear_weights(model, masks):
         mask = masks[name]
-        density = float(mask.sum()) / mask.numel()
-        if policy.choose(name, mask.numel(), density) == "sparse":
+        if policy.choose(name, mask.numel(), int(mask.sum())) == "sparse":
             out[name] = compress_linear(model, module_name, mask, optimizer, policy.cache_transpose)
     log.info("compressed %d of %d masked layers: %s", len(out), len(masks), ", ".join(out) or "none")
     return out

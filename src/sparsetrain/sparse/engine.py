@@ -71,7 +71,7 @@ class SparseEngine(SparsityEngine):
     layers: Mapping[str, SparseLinear] = MappingProxyType({})
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                 method: str = "rigl", *, max_density: float = 0.2, min_size: int = 1 << 16,
+                 method: str = "rigl", *, max_density: float = 0.1, min_size: int = 1 << 16,
                  overrides: Optional[Mapping[str, str]] = None, cache_transpose: bool = True,
                  block_elems: int = DEFAULT_BLOCK_ELEMS, **engine_options):
         super().__init__(model, optimizer, method, **engine_options)
@@ -79,7 +79,7 @@ class SparseEngine(SparsityEngine):
         self._compress(BackendPolicy(max_density, min_size, dict(overrides or {}), cache_transpose))
 
     @classmethod
-    def from_engine(cls, engine: SparsityEngine, *, max_density: float = 0.2, min_size: int = 1 << 16,
+    def from_engine(cls, engine: SparsityEngine, *, max_density: float = 0.1, min_size: int = 1 << 16,
                     overrides: Optional[Mapping[str, str]] = None, cache_transpose: bool = True,
                     block_elems: int = DEFAULT_BLOCK_ELEMS) -> "SparseEngine":
         """Take over a masked-dense engine's state (masks, step, generator, method) and compress
@@ -124,7 +124,7 @@ class SparseEngine(SparsityEngine):
     # --- compression ----------------------------------------------------------------------------
     def _compress(self, policy: BackendPolicy) -> None:
         chosen = [t for t in self.targets if self._linear(t) and policy.choose(
-            t.name, t.param.numel(), float(self.masks[t.name].sum()) / t.param.numel()) == "sparse"]
+            t.name, t.param.numel(), int(self.masks[t.name].sum())) == "sparse"]
         if chosen:
             self._check_method()  # before touching the model
         layers = {}
