@@ -2,7 +2,7 @@
 
 Regenerate the tables of docs/performance.md (about 15 minutes on 2 cores):
 
-    /work/venv/bin/python benchmarks/sparse_backend.py --out docs/perf/sparse_backend.json
+    python benchmarks/sparse_backend.py --out docs/perf/sparse_backend.json
 
 Protocol
 --------
