@@ -1,6 +1,6 @@
 """Cost of the SparsityEngine hooks relative to a plain training step (masked-dense engine, CPU).
 
-    /work/venv/bin/python benchmarks/engine_overhead.py [--repeats 7] [--steps 50] [--threads 2]
+    python benchmarks/engine_overhead.py [--repeats 7] [--steps 50] [--threads 2]
 
 Protocol
 --------

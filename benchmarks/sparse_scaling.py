@@ -1,7 +1,7 @@
 """Memory of the sparse backend as the model grows, and an end-to-end run of a model whose dense
 version cannot be trained with Adam on a 24 GB machine.
 
-    /work/venv/bin/python benchmarks/sparse_scaling.py --out docs/perf/sparse_scaling.json
+    python benchmarks/sparse_scaling.py --out docs/perf/sparse_scaling.json
 
 * Scaling: MLP 784-W-W-W-10 at 99 % sparsity (every layer a SparseLinear built sparse with
   ``SparseLinear.random``: no dense matrix ever exists), Adam, RigL (``SparseEngine.from_sparse_model``),

@@ -66,7 +66,12 @@ class OptimConfig:
 @dataclass(frozen=True)
 class SparsityConfig:
     """Sparse-training method and layer distribution; ``options`` are the method's own
-    hyper-parameters (e.g. ``delta_t``, ``alpha``, ``end_fraction``)."""
+    hyper-parameters (e.g. ``delta_t``, ``alpha``, ``end_fraction``).
+
+    ``backend``: "masked" (dense weights times masks, every device) or "sparse" (CPU only: large
+    Linear layers at low density are stored as CSR and trained with sparse kernels, see
+    docs/performance.md); ``backend_options`` go to ``sparsetrain.sparse.SparseEngine``
+    (``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems``)."""
 
     method: str = "rigl"
     sparsity: float = 0.9
@@ -78,6 +83,8 @@ class SparsityConfig:
     custom: Dict[str, float] = field(default_factory=dict)
     erk_power: float = 1.0
     options: Dict[str, Any] = field(default_factory=dict)
+    backend: str = "masked"
+    backend_options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,14 +143,14 @@ def flat_items(d: Mapping[str, Any], prefix: str = ""):
             yield key, v
 
 
-# optional keys added later: left out of the hash while unset, so older run directories keep theirs
-_HASHED_IF_SET = {"train.init_from"}
+# keys added later: left out of the hash while at their default, so older run directories keep theirs
+_HASHED_UNLESS = {"train.init_from": None, "sparsity.backend": "masked", "sparsity.backend_options": {}}
 
 
 def run_hash(cfg: RunConfig) -> str:
     """Short stable hash of everything that changes the result."""
     items = sorted((k, v) for k, v in flat_items(to_dict(cfg))
-                   if k not in _UNHASHED and not (k in _HASHED_IF_SET and v is None))
+                   if k not in _UNHASHED and not (k in _HASHED_UNLESS and v == _HASHED_UNLESS[k]))
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -299,6 +306,8 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.epochs > 0 or cfg.train.steps > 0, "set train.epochs > 0 or train.steps > 0"),
         (cfg.train.steps >= 0, f"train.steps must be >= 0, got {cfg.train.steps}"),
         (cfg.train.threads >= 0, f"train.threads must be >= 0 (0 = automatic), got {cfg.train.threads}"),
+        (cfg.sparsity.backend in ("masked", "sparse"),
+         f"sparsity.backend must be masked or sparse, got '{cfg.sparsity.backend}'"),
         (cfg.train.multiplier > 0, f"train.multiplier must be positive, got {cfg.train.multiplier}"),
         (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),
         (cfg.optim.name in ("sgd", "adam", "adamw"), f"optim.name must be sgd, adam or adamw, got '{cfg.optim.name}'"),

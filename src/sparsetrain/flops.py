@@ -162,6 +162,12 @@ def _count_linear(m: nn.Module, inputs, output: Tensor, density: Callable[[Tenso
     return [_weighted_row("", m.weight, density(m.weight), m.in_features, n_out, m.bias is not None)]
 
 
+def _count_sparse_linear(m: nn.Module, inputs, output: Tensor, density) -> List[Row]:
+    # a compressed Linear (sparsetrain.sparse.SparseLinear): its density is its own nnz share
+    return [("", m.shape, m.density, int(round(dot_flops(m.in_features, output.numel(), m.bias is not None))),
+             dot_flops(m.in_features * m.density, output.numel(), m.bias is not None))]
+
+
 def _count_relu(m: nn.Module, inputs, output: Tensor, density) -> List[Row]:
     n = output.numel()
     return [("", None, None, n, float(n))]
@@ -206,6 +212,9 @@ _COUNTERS = (
 
 
 def _counter_for(module: nn.Module):
+    from .sparse.linear import SparseLinear  # lazy: the sparse backend imports this package's engine
+    if isinstance(module, SparseLinear):
+        return _count_sparse_linear
     for types, fn in _COUNTERS:
         if isinstance(module, types):
             return fn

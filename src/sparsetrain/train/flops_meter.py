@@ -29,11 +29,13 @@ def input_spec(info) -> Tuple[Tuple[int, ...], Optional[torch.dtype]]:
 
 def mask_densities(engine) -> Dict[str, float]:
     """Fraction of active weights per sparsified tensor, from the engine's current masks
-    (through ``density_report``, which every engine backend provides)."""
+    (through ``density_report``, which every engine backend provides). Layers the sparse
+    backend stores compressed are left out: the counter reads their density from the layer."""
     if engine is None:
         return {}
     layers = engine.density_report()["layers"]
-    return {name: float(v["density"]) for name, v in layers.items() if v.get("sparsified", True)}
+    return {name: float(v["density"]) for name, v in layers.items()
+            if v.get("sparsified", True) and not engine.is_compressed(name)}
 
 
 class FlopsMeter(Callback):

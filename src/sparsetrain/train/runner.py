@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -147,20 +147,30 @@ def total_steps(cfg: RunConfig, steps_per_epoch: int) -> int:
     return max(1, int(round(base * cfg.train.multiplier)))
 
 
-def build_engine(model, optimizer, cfg: RunConfig, total: int) -> Optional[SparsityEngine]:
+def build_engine(model, optimizer, cfg: RunConfig, total: int, device: torch.device = torch.device("cpu"),
+                 world: int = 1) -> Optional[SparsityEngine]:
     """The method's engine, or None for methods that train without masks (dense baselines).
-    Method options given in steps (start, end) scale with the training multiplier."""
+    Method options given in steps (start, end) scale with the training multiplier.
+    ``sparsity.backend = "sparse"`` builds the truly sparse CPU engine instead."""
     s = cfg.sparsity
     if not getattr(METHODS.get(s.method), "uses_masks", True):
+        if s.backend != "masked":
+            raise ConfigError(f"method '{s.method}' trains without masks; remove sparsity.backend={s.backend}")
         return None
     opts = dict(s.options)
     for key in ("start", "end"):
         if opts.get(key) is not None:
             opts[key] = int(round(opts[key] * cfg.train.multiplier))
-    return SparsityEngine(model, optimizer, s.method, sparsity=s.sparsity, distribution=s.distribution,
-                          total_steps=total, dense_first=s.dense_first, dense_last=s.dense_last,
-                          include=list(s.include) or None, exclude=list(s.exclude) or None,
-                          custom=s.custom, erk_power=s.erk_power, seed=cfg.seed, **opts)
+    common = dict(sparsity=s.sparsity, distribution=s.distribution, total_steps=total, dense_first=s.dense_first,
+                  dense_last=s.dense_last, include=list(s.include) or None, exclude=list(s.exclude) or None,
+                  custom=s.custom, erk_power=s.erk_power, seed=cfg.seed)
+    if s.backend == "masked":
+        if s.backend_options:
+            raise ConfigError("sparsity.backend_options apply to sparsity.backend=sparse only; remove them")
+        return SparsityEngine(model, optimizer, s.method, **common, **opts)
+    from ..sparse.from_config import build_sparse_engine
+    return build_sparse_engine(model, optimizer, s.method, device=device, world=world,
+                               backend_options=s.backend_options, **common, **opts)
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
@@ -207,7 +217,7 @@ class Trainer:
         self.batches = EpochBatches(self.splits.train, d.batch_size, cfg.seed, self.dist.rank, self.dist.world)
         self.total = total_steps(cfg, self.batches.steps_per_epoch)
         self.optimizer = build_optimizer(self.model, cfg)
-        self.engine = build_engine(self.model, self.optimizer, cfg, self.total)
+        self.engine = build_engine(self.model, self.optimizer, cfg, self.total, self.device, self.dist.world)
         reference = None if m == cfg.model else build_model(cfg.model.name, self.info, width=cfg.model.width,
                                                             **cfg.model.options)
         self.flops = build_flops_meter(self.model, self.info, cfg, self.engine, self.dist.world, reference)
@@ -398,6 +408,9 @@ class Trainer:
             out.update(achieved_density=rep["weights_density"], achieved_sparsity=1 - rep["weights_density"],
                        model_density=rep.get("model_density"),
                        layers={n: {k: v[k] for k in ("shape", "density", "sparsified")} for n, v in rep["layers"].items()})
+            if self.cfg.sparsity.backend != "masked":
+                out.update(backend=self.cfg.sparsity.backend,
+                           compressed_layers=[n for n in rep["layers"] if self.engine.is_compressed(n)])
         else:
             out.update(achieved_density=1.0, achieved_sparsity=0.0, model_density=1.0)
         out.update(self.flops.summary())

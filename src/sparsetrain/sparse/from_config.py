@@ -1,0 +1,58 @@
+"""Building the sparse engine from a run config (``sparsity.backend = "sparse"``).
+
+Everything a user can get wrong here is a one-line :class:`ConfigError` before the model is
+touched: a device other than the CPU, several processes, a method whose equivalence with the
+masked-dense engine is not established by our tests, an unknown backend option.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from .engine import SparseEngine
+
+log = logging.getLogger(__name__)
+
+#: methods tested step for step against the masked-dense engine (tests/test_sparse_backend.py)
+SUPPORTED_METHODS = ("static", "set", "rigl")
+
+#: keyword arguments of SparseEngine that are backend options (the rest are the engine's own)
+BACKEND_OPTIONS = ("max_density", "min_size", "overrides", "cache_transpose", "block_elems")
+
+
+def build_sparse_engine(model: nn.Module, optimizer: Optional[torch.optim.Optimizer], method: str, *,
+                        device: torch.device, world: int, backend_options: Mapping[str, Any],
+                        **engine_options) -> SparseEngine:
+    """A :class:`SparseEngine` for a training run, after checking the run can use it."""
+    if torch.device(device).type != "cpu":
+        raise ConfigError(f"sparsity.backend=sparse runs on the CPU only; set train.device=cpu or "
+                          f"sparsity.backend=masked (device is {device})")
+    if world > 1:
+        raise ConfigError("sparsity.backend=sparse does not support torchrun/DDP yet; run one process or "
+                          "use sparsity.backend=masked")
+    if method not in SUPPORTED_METHODS:
+        raise ConfigError(f"sparsity.backend=sparse supports the methods {', '.join(SUPPORTED_METHODS)}; "
+                          f"use sparsity.backend=masked for '{method}'")
+    unknown = sorted(set(backend_options) - set(BACKEND_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown sparsity.backend_options {unknown}; valid: {', '.join(BACKEND_OPTIONS)}")
+    opts = dict(backend_options)
+    if "overrides" in opts and not isinstance(opts["overrides"], Mapping):
+        raise ConfigError("sparsity.backend_options.overrides must be a table {weight-name pattern: "
+                          "'sparse' | 'dense'}")
+    try:
+        engine = SparseEngine(model, optimizer, method, **opts, **engine_options)
+    except TypeError as e:  # a backend option of the wrong type
+        raise ConfigError(f"invalid sparsity.backend_options: {e}") from None
+    if not engine.layers:
+        log.warning("sparsity.backend=sparse: no layer qualifies for compressed storage (each needs "
+                    "density <= max_density and >= min_size weights, see docs/performance.md); every "
+                    "layer trains masked-dense. Lower min_size or force layers with backend_options.overrides")
+    else:
+        log.info("sparse backend: compressed %s", ", ".join(f"{n} ({l.nnz} of {l.out_features * l.in_features})"
+                                                           for n, l in engine.layers.items()))
+    return engine

@@ -1,0 +1,139 @@
+"""`sparsetrain train` on the truly sparse backend (sparsity.backend=sparse): it trains like the
+masked-dense backend, reports which layers it compressed and the FLOPs really spent, resumes
+bitwise after SIGKILL, and refuses what it cannot do with one-line errors before any run
+directory exists."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from sparsetrain.config import RunConfig, SparsityConfig, run_hash
+from sparsetrain.train.checkpoint import load_checkpoint
+from helpers import run_cli as cli
+
+STEPS = 90
+# the default job (digits MLP) is small, so every layer is forced onto the sparse backend
+SPARSE = ["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"overrides": {"*": "sparse"}}']
+RUN = ["train", "--quiet", "--set", f"train.steps={STEPS}", "--set", "train.eval_every=30",
+       "--set", "train.checkpoint_every=10", "--set", 'sparsity.options={"delta_t": 7}',
+       "--set", "data.batch_size=32"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def summary_of(out_dir: Path) -> dict:
+    (run_dir,) = [p for p in Path(out_dir).iterdir() if p.is_dir()]
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same short RigL run on both backends, one thread each."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    try:
+        for name, extra in (("masked", []), ("sparse", SPARSE)):
+            d = tmp_path_factory.mktemp(name)
+            from sparsetrain.cli import main
+            assert main([*RUN, *extra, "--out-dir", str(d)]) == 0
+            out[name] = d
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+def test_sparse_backend_trains_like_masked_dense(runs):
+    m, s = summary_of(runs["masked"]), summary_of(runs["sparse"])
+    assert "backend" not in m
+    assert s["backend"] == "sparse" and sorted(s["compressed_layers"]) == sorted(s["layers"])
+    # exact per-layer counts are the same rule on both backends
+    assert {n: v["density"] for n, v in s["layers"].items()} == {n: v["density"] for n, v in m["layers"].items()}
+    assert s["achieved_sparsity"] == pytest.approx(m["achieved_sparsity"], abs=1e-12)
+    # FLOPs: the counter reads compressed layers' density from the layers themselves
+    assert s["inference_flops"] == pytest.approx(m["inference_flops"], rel=1e-9)
+    assert s["train_flops"] == pytest.approx(m["train_flops"], rel=1e-9)
+    assert s["inference_flops_ratio"] < 0.5
+    # the two backends sum in different orders: the runs agree closely, not bitwise
+    assert s["final"]["test"]["accuracy"] == pytest.approx(m["final"]["test"]["accuracy"], abs=0.03)
+    assert s["final"]["test"]["accuracy"] > 0.5
+
+
+def test_checkpoint_holds_compressed_weights(runs):
+    (run_dir,) = [p for p in runs["sparse"].iterdir() if p.is_dir()]
+    ck = load_checkpoint(run_dir / "checkpoint.pt")
+    keys = set(ck["model"])
+    assert any(k.endswith(".values") for k in keys) and not any(k.endswith(".weight") for k in keys)
+    # SGD momentum exists for every parameter and has the parameter's size: nnz for compressed layers
+    n_params = sum(v.numel() for k, v in ck["model"].items() if k.endswith((".values", ".bias")))
+    n_state = sum(st["momentum_buffer"].numel() for st in ck["optimizer"]["state"].values())
+    assert n_state == n_params
+
+
+def test_resume_after_sigkill_is_bitwise(tmp_path, runs):
+    cmd = [sys.executable, "-m", "sparsetrain", *RUN, *SPARSE, "--out-dir", str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    deadline = time.time() + 240
+    try:
+        while not list(tmp_path.glob("*/checkpoint.pt")) or \
+                load_checkpoint(next(tmp_path.glob("*/checkpoint.pt")))["step"] < 30:
+            assert proc.poll() is None, f"run ended before the kill: {proc.stderr.read()}"
+            assert time.time() < deadline
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    (run_dir,) = list(tmp_path.iterdir())
+    assert not (run_dir / "summary.json").exists()
+    assert load_checkpoint(run_dir / "checkpoint.pt")["step"] < STEPS
+    done = subprocess.run([sys.executable, "-m", "sparsetrain", "train", "--quiet", "--resume", str(run_dir)],
+                          env=ENV, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr
+    (ref_dir,) = [p for p in runs["sparse"].iterdir() if p.is_dir()]
+    a, b = load_checkpoint(ref_dir / "checkpoint.pt"), load_checkpoint(run_dir / "checkpoint.pt")
+    assert a["step"] == b["step"] == STEPS
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for name, mask in a["engine"]["masks"].items():
+        assert torch.equal(mask.to_dense(), b["engine"]["masks"][name].to_dense()), name
+    assert (ref_dir / "metrics.jsonl").read_text() == (run_dir / "metrics.jsonl").read_text()
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--set", "sparsity.backend=csr"], "sparsity.backend must be masked or sparse"),
+    (["--set", "sparsity.backend=sparse", "--set", "sparsity.method=snip"], "use sparsity.backend=masked"),
+    (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"max_dens": 0.2}'],
+     "unknown sparsity.backend_options"),
+    (["--set", 'sparsity.backend_options={"max_density": 0.2}'], "apply to sparsity.backend=sparse only"),
+    (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"overrides": {"*": "csr"}}'],
+     "use 'sparse' or 'dense'"),
+    (["--set", "sparsity.backend=sparse", "--set", "sparsity.method=dense"], "trains without masks"),
+])
+def test_bad_backend_settings_are_one_line_errors(tmp_path, capsys, extra, fragment):
+    code, _, err = cli(["train", "--quiet", "--set", "train.steps=2", *extra, "--out-dir", str(tmp_path)], capsys)
+    assert code == 2
+    assert fragment in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir()), "no run directory for a refused config"
+
+
+def test_backend_is_hashed_only_when_set():
+    base = RunConfig()
+    assert run_hash(base) == run_hash(RunConfig(sparsity=SparsityConfig(backend="masked")))
+    assert run_hash(base) != run_hash(RunConfig(sparsity=SparsityConfig(backend="sparse")))
+    assert run_hash(RunConfig(sparsity=SparsityConfig(backend="sparse"))) != run_hash(
+        RunConfig(sparsity=SparsityConfig(backend="sparse", backend_options={"max_density": 0.2})))
+
+
+def test_backend_options_are_engine_arguments():
+    import inspect
+    from sparsetrain.sparse.engine import SparseEngine
+    from sparsetrain.sparse.from_config import BACKEND_OPTIONS
+    assert set(BACKEND_OPTIONS) <= set(inspect.signature(SparseEngine.__init__).parameters)
