@@ -101,6 +101,13 @@ class SparsityEngine:
         g = self.dense_grad(name)
         return g.reshape(g.shape[0], -1)[rows]
 
+    def active_values(self, name: str, tensor: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The entries of a per-weight tensor of layer ``name`` (default: the weight) at its active
+        positions, as a vector in row-major order; methods use it to summarise a layer (mean |w|,
+        mean |EMA|) the same way whether the layer is stored dense or compressed."""
+        t = self.param(name) if tensor is None else tensor
+        return t.detach()[self.masks[name]]
+
     def is_compressed(self, name: str) -> bool:
         """Whether layer ``name`` is stored compressed, with ``param(name)`` its vector of active
         values (the truly sparse backend, ``sparsetrain.sparse.SparseEngine``). Never here."""

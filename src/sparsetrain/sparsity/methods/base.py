@@ -243,14 +243,18 @@ class DynamicMethod(Method):
             base[t.name] = (k, k)
         if self.options.redistribution == "none":
             return base
-        stats = {t.name: layer_statistic(self.options.redistribution, engine.param(t.name),
-                                         engine.masks[t.name], self.ema.get(t.name))
-                 for t in engine.targets}
+        stats = {t.name: self._layer_statistic(engine, t.name) for t in engine.targets}
         removed = {n: d for n, (d, _) in base.items()}
         capacity = {t.name: t.param.numel() - int(engine.masks[t.name].sum()) + removed[t.name]
                     for t in engine.targets}
         grown = apportion(stats, sum(removed.values()), capacity, fallback=removed)
         return {n: (removed[n], grown[n]) for n in removed}
+
+    def _layer_statistic(self, engine: "SparsityEngine", name: str) -> float:
+        # active entries only: a compressed layer's weight is its values vector, its mask CSR
+        ema = self.ema.get(name)
+        return layer_statistic(self.options.redistribution, engine.active_values(name), None,
+                               None if ema is None else engine.active_values(name, ema))
 
     def state_dict(self) -> dict:
         return {"ema": {k: v.clone() for k, v in self.ema.items()}}

@@ -128,9 +128,11 @@ class GMP(Method):
         if self.options.scope == "layer":
             keep = {n: min(active[n], k) for n, k in self.keep_counts(engine, step).items()}
         else:
-            scores = {t.name: t.param.detach().abs() for t in engine.targets}
+            # over the active entries only (row-major, the order of the dense tie rule), so a
+            # compressed layer (sparsetrain.sparse) is ranked without a dense copy
+            scores = {n: engine.active_values(n).abs() for n in active}
             total = min(sum(active.values()), self.keep_total(engine, step))
-            kept = select(scores, active, "global", eligible=masks, total=total)
+            kept = select(scores, active, "global", total=total)
             keep = {n: int(m.sum()) for n, m in kept.items()}
         return {n: (active[n] - keep[n], 0) for n in active}
 

@@ -10,16 +10,21 @@ import torch
 REDISTRIBUTIONS = ("none", "momentum", "magnitude", "nonzeros")
 
 
-def layer_statistic(kind: str, weight: torch.Tensor, mask: torch.Tensor,
+def layer_statistic(kind: str, weight: torch.Tensor, mask: Optional[torch.Tensor],
                     ema: Optional[torch.Tensor]) -> float:
-    """Mean |momentum| (or |w|) over the layer's active weights, or its active count."""
-    n = int(mask.sum())
+    """Mean |momentum| (or |w|) over the layer's active weights, or its active count.
+
+    ``mask`` None: ``weight`` and ``ema`` already hold only the active entries (as
+    ``SparsityEngine.active_values`` returns them, for dense and compressed layers alike).
+    """
+    n = weight.numel() if mask is None else int(mask.sum())
     if kind == "nonzeros":
         return float(n)
     src = ema if kind == "momentum" else weight
     if src is None or n == 0:
         return 0.0
-    return float(src.detach().abs()[mask].mean())
+    src = src.detach().abs()
+    return float((src if mask is None else src[mask]).mean())
 
 
 def apportion(stats: Mapping[str, float], total: int, capacity: Mapping[str, int],

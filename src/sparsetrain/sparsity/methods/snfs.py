@@ -35,3 +35,9 @@ class SNFS(SET):
         # before the first observed gradient (explicit update_masks) the EMA is the gradient itself
         m = self.ema.get(name)
         return engine.dense_grad(name).abs() if m is None else m.abs()
+
+    def grow_scores_rows(self, engine, name: str, rows: slice, n_cols: int) -> torch.Tensor:
+        m = self.ema.get(name)
+        if m is None:
+            return engine.dense_grad_rows(name, rows).abs()
+        return m.reshape(m.shape[0], -1)[rows].abs()
