@@ -128,16 +128,37 @@ def test_streaming_topk_equals_topk_mask(block):
 
 
 # --- engine equivalence -------------------------------------------------------------------------------
-@pytest.mark.parametrize("method,make_opt", [("rigl", sgd), ("set", sgd), ("rigl", adam), ("static", sgd)])
-def test_training_matches_masked_dense(method, make_opt):
-    dense, sparse = pair(method, make_opt, **({} if method == "static" else {"delta_t": 3}))
+DYNAMIC = {"delta_t": 3}
+GMP = {"start": 1, "end": 9, "frequency": 2}
+
+
+@pytest.mark.parametrize("method,make_opt,options", [
+    ("rigl", sgd, DYNAMIC), ("set", sgd, DYNAMIC), ("rigl", adam, DYNAMIC), ("static", sgd, {}),
+    ("snfs", sgd, DYNAMIC), ("snfs", adam, DYNAMIC),
+    ("rigl", sgd, {**DYNAMIC, "redistribution": "momentum"}), ("rigl", adam, {**DYNAMIC, "redistribution": "momentum"}),
+    ("rigl", sgd, {**DYNAMIC, "redistribution": "magnitude"}), ("rigl", adam, {**DYNAMIC, "redistribution": "magnitude"}),
+    ("set", adam, {**DYNAMIC, "redistribution": "nonzeros"}),
+    ("gmp", sgd, GMP), ("gmp", adam, {**GMP, "scope": "global"}),
+], ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", None) or "-".join(
+    str(x) for k, x in v.items() if k in ("redistribution", "scope")) or "default")
+def test_training_matches_masked_dense(method, make_opt, options):
+    dense, sparse = pair(method, make_opt, **options)
     assert_same_state(dense, sparse)
-    data = batches(8)
+    counts = {n: l.nnz for n, l in sparse[2].layers.items()}
+    data = batches(11)                                                 # updates at steps 3, 6, 9
     train(dense[0], dense[2], dense[1], data)
     train(sparse[0], sparse[2], sparse[1], data)
     if method != "static":
-        assert dense[2].last_update is not None and dense[2].last_update["grown"] > 0
+        assert dense[2].last_update is not None and dense[2].last_update["step"] == 9
         assert sparse[2].last_update["per_layer"] == dense[2].last_update["per_layer"]
+        assert (sum(sparse[2].last_update["per_layer"].values()) > 0) == (method != "gmp")
+    nnz = {n: l.nnz for n, l in sparse[2].layers.items()}
+    if method == "gmp" or options.get("redistribution", "none") not in ("none", "nonzeros"):
+        assert nnz != counts                                           # per-layer counts moved
+    if method == "gmp":
+        assert sum(nnz.values()) == sum(int(m.sum()) for m in dense[2].masks.values()) < sum(counts.values())
+    for name, ema in dense[2].method.state_dict().get("ema", {}).items():  # SNFS / momentum: dense EMA
+        assert torch.allclose(sparse[2].method.ema[name], ema, atol=1e-12), name
     assert_same_state(dense, sparse)
 
 
@@ -225,11 +246,20 @@ def test_mixed_backends_and_policy():
         BackendPolicy(overrides={"x": "csr"})
 
 
-def test_snfs_is_refused_on_compressed_layers():
-    model = mlp()
-    with pytest.raises(ConfigError, match="masked-dense"):
-        SparseEngine(model, None, "snfs", sparsity=0.9, total_steps=20, max_density=1.0, min_size=0)
-    assert all(type(m) is not SparseLinear for m in model)            # the model was left alone
+def test_snfs_forms_the_dense_gradient_every_step(caplog):
+    with caplog.at_level("INFO", logger="sparsetrain.sparse.engine"):
+        (a, oa, ea), (b, ob, eb) = pair("snfs", sgd, delta_t=5)
+    assert any("dense per-weight statistic" in r.getMessage() for r in caplog.records)
+    for x, y in batches(3):                                            # steps 0-2: no topology update
+        for model, opt in ((a, oa), (b, ob)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+        for name in eb.layers:
+            assert not eb.method.is_update_step(eb.step)
+            assert torch.allclose(eb.dense_grad(name), ea.dense_grad(name), atol=1e-12), name
+        for model, opt, engine in ((a, oa, ea), (b, ob, eb)):
+            engine.step_optimizer()
+    assert_same_state((a, oa, ea), (b, ob, eb))
 
 
 def test_sparsify_and_densify_round_trip_keep_outputs_and_state():

@@ -117,24 +117,38 @@ class SparseEngine(SparsityEngine):
         new.generator = torch.Generator().manual_seed(int(seed))
         new.step, new.last_update, new._pending_update, new._multipliers = 0, None, False, {}
         new.method.setup(new)
-        new.masks = {}
+        new.masks, new.policy = {}, BackendPolicy()
         new._adopt(layers)
         return new
 
     # --- compression ----------------------------------------------------------------------------
     def _compress(self, policy: BackendPolicy) -> None:
-        chosen = [t for t in self.targets if self._linear(t) and policy.choose(
+        """Keep ``policy`` (applied again after every topology update) and compress what it selects."""
+        self.policy, self.layers = policy, {}
+        self._compress_eligible()
+        log.info("sparse backend: %d of %d layers compressed (%s)", len(self.layers), len(self.targets),
+                 ", ".join(self.layers) or "none")
+        self._adopt(dict(self.layers))
+
+    def _compress_eligible(self) -> list:
+        """Compress every dense-stored Linear target the policy now selects: a dense-to-sparse
+        method (GMP) moves a layer here once its active count falls within ``max_density``."""
+        chosen = [t for t in self._dense_targets() if self._linear(t) and self.policy.choose(
             t.name, t.param.numel(), int(self.masks[t.name].sum())) == "sparse"]
-        if chosen:
-            self._check_method()  # before touching the model
-        layers = {}
         for t in chosen:
-            layers[t.name] = compress_linear(self.model, t.module_name, self.masks[t.name], self.optimizer,
-                                             policy.cache_transpose)
-            self._replace_target(_logical_target(t.name, t.module_name, t.shape))
-        log.info("sparse backend: %d of %d layers compressed (%s)", len(layers), len(self.targets),
-                 ", ".join(layers) or "none")
-        self._adopt(layers)
+            self._compress_layer(t, self.masks[t.name])
+        return [t.name for t in chosen]
+
+    def _compress_layer(self, t: Target, mask: torch.Tensor) -> None:
+        """Replace target ``t``'s nn.Linear by a SparseLinear holding it under ``mask`` (a dense bool
+        tensor); the optimizer's parameter and per-weight state follow (see compress_linear)."""
+        layer = compress_linear(self.model, t.module_name, mask, self.optimizer, self.policy.cache_transpose)
+        layer.capture = [] if self._capturing() else None
+        self._replace_target(_logical_target(t.name, t.module_name, t.shape))
+        layers = {**self.layers, t.name: layer}
+        self.layers = {x.name: layers[x.name] for x in self.targets if x.name in layers}  # target order
+        self.masks[t.name] = layer.mask_view()
+        self._multipliers.pop(t.name, None)
 
     def _linear(self, t: Target) -> bool:
         """Whether target ``t`` is the weight of a plain nn.Linear (the layers we can compress)."""
@@ -146,20 +160,15 @@ class SparseEngine(SparsityEngine):
         self._by_name[target.name] = target
 
     def _adopt(self, layers: Dict[str, SparseLinear]) -> None:
-        if layers:
-            self._check_method()
         self.layers = dict(layers)
         for name, layer in self.layers.items():
             self.masks[name] = layer.mask_view()
         self._arm_capture()
-
-    def _check_method(self) -> None:
-        """Methods whose state is a dense per-weight statistic cannot run compressed."""
-        options = getattr(self.method, "options", None)
-        if getattr(self.method, "tracks_momentum", False) or getattr(options, "redistribution", "none") != "none":
-            raise ConfigError(f"method '{self.method.name}' keeps dense gradient statistics every step "
-                              "(momentum/redistribution) and cannot run on compressed layers; use the "
-                              "masked-dense engine, or redistribution='none'")
+        if self.layers and getattr(self.method, "tracks_momentum", False):
+            n = sum(l.out_features * l.in_features for l in self.layers.values())
+            log.info("sparse backend: method '%s' keeps a dense per-weight statistic (an EMA of dense "
+                     "gradients, %d entries over the compressed layers) and forms their dense gradient "
+                     "every step", self.method.name, n)
 
     # --- accessors (the engine interface methods use) ---------------------------------------------
     def is_compressed(self, name: str) -> bool:
@@ -168,6 +177,15 @@ class SparseEngine(SparsityEngine):
     def param(self, name: str) -> nn.Parameter:
         """The dense weight, or for a compressed layer its values vector (CSR storage order)."""
         return self.layers[name].values if name in self.layers else super().param(name)
+
+    def active_values(self, name: str, tensor: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """As the base engine's; for a compressed layer the values vector itself, or a
+        dense-shaped ``tensor`` (SNFS's EMA) gathered at the pattern (storage order = row-major)."""
+        if name not in self.layers:
+            return super().active_values(name, tensor)
+        layer = self.layers[name]
+        t = (layer.values if tensor is None else tensor).detach().reshape(-1)
+        return t if t.numel() == layer.nnz else t[layer.flat_indices()]
 
     def dense_grad(self, name: str) -> torch.Tensor:
         """∂L/∂W; for a compressed layer this forms the whole dense matrix (prefer
@@ -195,11 +213,16 @@ class SparseEngine(SparsityEngine):
             self._factor_cache[name] = (torch.cat([x for x, _ in cap]), torch.cat([g for _, g in cap])) if cap else None
         return self._factor_cache[name]
 
+    def _capturing(self) -> bool:
+        """Whether the coming backward pass keeps (x, ∂L/∂y): the step updates the topology
+        (RigL's grow scores), or the method reads dense gradients every step (SNFS's EMA)."""
+        return self.method.is_update_step(self.step) or self.method.uses_dense_grad(self.step)
+
     def _arm_capture(self) -> None:
-        """Capture (x, ∂L/∂y) in the backward pass of the coming step iff it updates the topology."""
-        update = self.method.is_update_step(self.step)
+        """Capture (x, ∂L/∂y) in the backward pass of the coming step iff :meth:`_capturing`."""
+        capture = self._capturing()
         for layer in self.layers.values():
-            layer.capture = [] if update else None
+            layer.capture = [] if capture else None
         self._factor_cache = {}
 
     def _dense_targets(self):
@@ -219,7 +242,28 @@ class SparseEngine(SparsityEngine):
     def apply_masks(self) -> None:
         apply_masks(self._dense_targets(), self.masks)
 
-    # --- topology update of a compressed layer ---------------------------------------------------
+    # --- topology updates -------------------------------------------------------------------------
+    def update_masks(self, fraction: float) -> dict:
+        """As the base engine's, then compress the dense-stored layers now within the policy."""
+        out = super().update_masks(fraction)
+        self._compress_eligible()
+        return out
+
+    @torch.no_grad()
+    def set_masks(self, masks: Mapping[str, torch.Tensor], reason: str = "set") -> dict:
+        """As the base engine's. A compressed layer takes the new mask as its pattern: weights
+        inside keep their values and optimizer state; positions new to the pattern start at zero
+        with zero state (the masked-dense engine leaves their stale state in place). Then the
+        dense-stored layers now within the policy are compressed."""
+        out = super().set_masks(masks, reason)  # validates; leaves dense bool masks in self.masks
+        for name, layer in self.layers.items():
+            new = flat_from_mask(self.masks[name])
+            pos, found = match(layer.flat_indices(), new)
+            self._move_state(layer, new, pos, found)
+            self.masks[name] = layer.mask_view()
+        self._compress_eligible()
+        return out
+
     def _update_layer(self, name: str, n_drop: int, n_grow: int) -> int:
         if name not in self.layers:
             return super()._update_layer(name, n_drop, n_grow)
@@ -309,9 +353,27 @@ class SparseEngine(SparsityEngine):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the engine state. Compressed layers take their pattern from the model's
-        state_dict (load that first); the saved mask must agree with it."""
+        state_dict (load that first); the saved mask must agree with it.
+
+        A run whose layers were compressed during training (GMP under the automatic policy)
+        resumes in this order: :meth:`restore_structure`, the model's and optimizer's
+        state_dicts, then this (it calls ``restore_structure`` too, which is then a no-op)."""
+        self.restore_structure(state)
         super().load_state_dict(state)
         self._arm_capture()
+
+    def restore_structure(self, state: dict) -> list:
+        """Compress the layers that the engine state ``state`` holds compressed (saved masks with a
+        sparse layout) but this engine still holds dense, under their saved masks, so that the
+        model's and optimizer's saved state_dicts fit. Returns their names."""
+        masks = state.get("masks") if isinstance(state, Mapping) else None
+        if not isinstance(masks, Mapping):
+            return []  # load_state_dict reports the malformed state
+        chosen = [t for t in self._dense_targets() if self._linear(t) and torch.is_tensor(masks.get(t.name))
+                  and masks[t.name].layout != torch.strided and tuple(masks[t.name].shape) == t.shape]
+        for t in chosen:
+            self._compress_layer(t, masks[t.name].to_dense().to(device=t.param.device, dtype=torch.bool))
+        return [t.name for t in chosen]
 
     def _restore_mask(self, name: str, mask: torch.Tensor) -> None:
         if name not in self.layers:
@@ -364,7 +426,7 @@ def use_dense_backend(model: nn.Module, engine: SparseEngine) -> SparsityEngine:
         raise ConfigError("use_dense_backend: 'model' is not the model the engine was built on")
     masks = densify_model(engine.model, engine.optimizer)
     new = SparsityEngine.__new__(SparsityEngine)
-    new.__dict__.update({k: v for k, v in vars(engine).items() if k not in ("layers", "block_elems", "_factor_cache")})
+    new.__dict__.update({k: v for k, v in vars(engine).items() if k not in ("layers", "block_elems", "_factor_cache", "policy")})
     new.masks = {**engine.masks, **masks}
     new.targets = [Target(t.name, t.module_name, engine.model.get_submodule(t.module_name).weight)
                    if t.name in masks else t for t in engine.targets]
