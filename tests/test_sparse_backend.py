@@ -52,16 +52,22 @@ def adam(m):
     return torch.optim.Adam(m.parameters(), lr=0.01)
 
 
-def assert_same_state(dense, sparse):
+def assert_same_state(dense, sparse, all_compressed=True):
+    """Masks, weights and per-weight optimizer state (at active positions) agree."""
     (a, oa, ea), (b, ob, eb) = dense, sparse
-    assert set(eb.layers) == set(ea.masks)
-    for name, layer in eb.layers.items():
-        mask = ea.masks[name]
-        assert torch.equal(layer.mask(), mask), name
-        assert torch.allclose(layer.dense_weight(), ea.param(name).detach(), atol=1e-12), name
-        for key, value in ob.state[layer.values].items():
-            if torch.is_tensor(value) and value.shape == layer.values.shape:
-                assert torch.allclose(value, oa.state[ea.param(name)][key][mask], atol=1e-12), (name, key)
+    if all_compressed:
+        assert set(eb.layers) == set(ea.masks)
+    for name, mask in ea.masks.items():
+        layer = eb.layers.get(name)
+        assert torch.equal(layer.mask() if layer else eb.masks[name], mask), name
+        w = layer.dense_weight() if layer else eb.param(name).detach()
+        assert torch.allclose(w, ea.param(name).detach(), atol=1e-12), name
+        p = eb.param(name)
+        for key, value in ob.state[p].items():
+            if torch.is_tensor(value) and value.shape == p.shape:
+                want = oa.state[ea.param(name)][key]
+                got = value if layer else value[mask]
+                assert torch.allclose(got, want[mask], atol=1e-12), (name, key)
     for xa, xb in zip(a.parameters(), b.parameters()):
         if xa.shape == xb.shape:  # biases
             assert torch.allclose(xa, xb, atol=1e-12)
@@ -260,6 +266,107 @@ def test_snfs_forms_the_dense_gradient_every_step(caplog):
         for model, opt, engine in ((a, oa, ea), (b, ob, eb)):
             engine.step_optimizer()
     assert_same_state((a, oa, ea), (b, ob, eb))
+
+
+def big_mlp(dtype=torch.float64):
+    """Two layers above the default policy's min_size (300×256, 256×256) and a small head."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(300, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)).to(dtype)
+
+
+def big_batches(n, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(16, 300, generator=g, dtype=torch.float64), torch.randint(0, 10, (16,), generator=g))
+            for _ in range(n)]
+
+
+def gmp_pair(make_opt, **policy):
+    """GMP from density 1.0 to 0.05 (pruning at steps 0, 2, ..., 8) on both backends; the sparse
+    engine under the default policy (or ``policy``) starts with every layer dense-stored."""
+    opts = dict(sparsity=0.95, distribution="erk", total_steps=12, seed=3, start=0, end=8, frequency=2)
+    a, b = big_mlp(), big_mlp()
+    oa, ob = make_opt(a), make_opt(b)
+    return (a, oa, SparsityEngine(a, oa, "gmp", **opts)), (b, ob, SparseEngine(b, ob, "gmp", **opts, **policy))
+
+
+@pytest.mark.parametrize("make_opt", [sgd, adam])
+def test_gmp_compresses_big_layers_once_within_the_policy(make_opt):
+    dense, sparse = gmp_pair(make_opt)
+    b, ob, eb = sparse
+    assert not eb.layers                                               # density 1: all dense-stored
+    compressed = []
+    for batch in big_batches(12):
+        train(dense[0], dense[2], dense[1], [batch])
+        train(b, eb, ob, [batch])
+        compressed.append(sorted(eb.layers))
+    # ERK at 0.95: the big layers pass density 0.1 at the pruning step 6 (0.055); the head ends at 0.56
+    assert compressed[5] == [] and compressed[6] == compressed[-1] == ["0.weight", "2.weight"]
+    assert isinstance(b[0], SparseLinear) and isinstance(b[2], SparseLinear) and type(b[4]) is nn.Linear
+    assert eb.layers["0.weight"].density < 0.05 and b[0].values in ob.param_groups[0]["params"]
+    assert_same_state(dense, sparse, all_compressed=False)
+
+
+def test_gmp_checkpoint_after_automatic_compression():
+    _, (b, ob, eb) = gmp_pair(adam)
+    data = big_batches(12)
+    train(b, eb, ob, data[:7])                                         # compressed at step 6
+    state = copy.deepcopy({"model": b.state_dict(), "opt": ob.state_dict(), "engine": eb.state_dict()})
+    _, (c, oc, ec) = gmp_pair(adam)
+    assert ec.restore_structure(state["engine"]) == ["0.weight", "2.weight"]
+    c.load_state_dict(state["model"])
+    oc.load_state_dict(state["opt"])
+    ec.load_state_dict(state["engine"])
+    train(b, eb, ob, data[7:])                                         # pruning at step 8 on both
+    train(c, ec, oc, data[7:])
+    assert set(ec.layers) == set(eb.layers) and eb.last_update["step"] == ec.last_update["step"] == 8
+    for x, y in zip(b.parameters(), c.parameters()):
+        assert torch.equal(x, y)
+    for name, layer in eb.layers.items():
+        assert torch.equal(layer.flat_indices(), ec.layers[name].flat_indices())
+        assert torch.equal(ob.state[layer.values]["exp_avg"], oc.state[ec.layers[name].values]["exp_avg"])
+
+
+def test_set_masks_repatterns_compressed_layers_and_compresses_newly_sparse_ones():
+    dense, sparse = gmp_pair(sgd, overrides={"2.weight": "sparse"})  # 2.weight compressed at density 1
+    assert set(sparse[2].layers) == {"2.weight"}
+    data = big_batches(4)
+    train(dense[0], dense[2], dense[1], data[:1])
+    train(sparse[0], sparse[2], sparse[1], data[:1])
+    g = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(m.shape, generator=g) < d
+             for (n, m), d in zip(dense[2].masks.items(), (0.05, 0.3, 0.5))}
+    for engine in (dense[2], sparse[2]):
+        engine.set_masks(masks, reason="test")
+    assert list(sparse[2].layers) == ["0.weight", "2.weight"]          # 0.weight: now within the policy
+    assert sparse[2].layers["2.weight"].nnz == int(masks["2.weight"].sum())
+    assert_same_state(dense, sparse, all_compressed=False)
+    train(dense[0], dense[2], dense[1], data[1:])
+    train(sparse[0], sparse[2], sparse[1], data[1:])
+    assert_same_state(dense, sparse, all_compressed=False)
+
+
+def test_snfs_checkpoint_round_trip_is_exact():
+    _, (b, ob, eb) = pair("snfs", adam, delta_t=2)
+    counts = [l.nnz for l in eb.layers.values()]
+    train(b, eb, ob, batches(3))                                       # update at step 2
+    assert [l.nnz for l in eb.layers.values()] != counts               # redistribution moved counts
+    state = copy.deepcopy({"model": b.state_dict(), "opt": ob.state_dict(), "engine": eb.state_dict()})
+    _, (c, oc, ec) = pair("snfs", adam, delta_t=2)
+    c.load_state_dict(state["model"])
+    oc.load_state_dict(state["opt"])
+    ec.load_state_dict(state["engine"])
+    assert set(ec.method.ema) == set(eb.method.ema) == set(eb.layers)
+    data = batches(4, seed=7)                                          # updates at steps 4 and 6
+    train(b, eb, ob, data)
+    train(c, ec, oc, data)
+    assert ec.last_update == eb.last_update and ec.last_update["step"] == 6
+    for name, layer in eb.layers.items():
+        other = ec.layers[name]
+        assert torch.equal(layer.flat_indices(), other.flat_indices()), name
+        assert torch.equal(layer.values, other.values), name
+        assert torch.equal(eb.method.ema[name], ec.method.ema[name]), name
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(ob.state[layer.values][key], oc.state[other.values][key]), (name, key)
 
 
 def test_sparsify_and_densify_round_trip_keep_outputs_and_state():

@@ -2,7 +2,8 @@
 
 * :class:`SparseLinear` — CSR weights (values are the trainable parameter), MKL kernels.
 * :class:`SparseEngine` / :func:`use_sparse_backend` (and back: :func:`use_dense_backend`) — the
-  SparsityEngine with eligible layers compressed; Static, SET and RigL run on it unchanged.
+  SparsityEngine with eligible layers compressed; Static, SET, RigL, SNFS (and redistribution)
+  and GMP run on it unchanged, GMP's layers being compressed once they are sparse enough.
 * :func:`sparsify_model` / :func:`densify_model` — convert layers (and optimizer state) both ways.
 * :func:`export_sparse` / :func:`load_sparse` — CSR + masks in a safetensors file.
 

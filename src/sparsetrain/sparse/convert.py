@@ -4,7 +4,9 @@ The per-layer choice is automatic: a layer goes sparse only where the CSR kernel
 GEMM on CPU — density at most ``max_density`` (a whole layer step, forward and both gradients,
 breaks even at ≈10 % density for 1024² and ≈15 % for 4096² on 2 cores; docs/performance.md)
 and at least ``min_size`` weights (tiny layers are dominated by fixed per-call costs).
-``overrides`` forces a backend per layer by fnmatch pattern.
+``overrides`` forces a backend per layer by fnmatch pattern. ``SparseEngine`` applies the rule
+again after every topology update, so a layer pruned below ``max_density`` (GMP) is compressed
+then; a compressed layer is never decompressed automatically (``use_dense_backend`` does that).
 
 When an optimizer is given, the layer's weight is swapped for its values vector in the
 optimizer's parameter groups and every per-weight state tensor (momentum, Adam moments) is

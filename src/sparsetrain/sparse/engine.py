@@ -1,10 +1,11 @@
 """SparseEngine: the SparsityEngine with its large, sparse Linear layers stored compressed.
 
-Same hooks, same methods, same schedules: ``after_backward`` / ``after_step`` drive Static, SET
-and RigL exactly as on the masked-dense engine (tests/test_sparse_backend.py checks that masks
-and weights agree). What changes is per-layer storage. A compressed layer is a
-:class:`SparseLinear`; its mask is its CSR pattern, its trainable tensor (``param(name)``) is the
-values vector, and its optimizer state has size nnz. A topology update
+Same hooks, same methods, same schedules: ``after_backward`` / ``after_step`` drive Static, SET,
+RigL, SNFS (and the ``redistribution`` option) and GMP exactly as on the masked-dense engine
+(tests/test_sparse_backend.py checks that masks, weights and optimizer state agree). What
+changes is per-layer storage. A compressed layer is a :class:`SparseLinear`; its mask is its CSR
+pattern, its trainable tensor (``param(name)``) is the values vector, and its optimizer state has
+size nnz. A topology update
 
 * drops by the method's drop score over the active values (|w| by default; the exact tie rule of
   ``topk_mask`` holds because CSR storage order is flat-index order);
@@ -13,9 +14,21 @@ values vector, and its optimizer state has size nnz. A topology update
   block at a time from the (x, g) factors captured in the backward pass of update steps, SET's
   random scores are drawn block by block from the same generator stream as a whole-layer draw;
 * rebuilds values, gradient and every per-weight optimizer state tensor on the new pattern:
-  survivors keep theirs, new connections start at zero (RigL paper, "zero initialisation").
+  survivors keep theirs, new connections start at zero (RigL paper, "zero initialisation"). The
+  counts may change (redistribution grows more in some layers than it drops; GMP only drops):
+  every nnz-sized tensor is rebuilt at the new size.
 
-Layers that stay masked-dense (too dense, too small, not Linear) are handled by the base class.
+Methods that keep a *dense* per-weight statistic keep it dense here too: SNFS and
+``redistribution="momentum"`` hold an EMA of the dense gradient of every layer, updated every
+step, so the (x, g) factors are captured at every step and ∂L/∂W formed in full (the method's
+2·f_S + f_D training cost; the engine logs this once). Per-layer statistics (mean |w|, mean |EMA|)
+read the active entries through :meth:`SparseEngine.active_values`.
+
+The backend policy (:class:`BackendPolicy`) is kept and applied again after every topology update
+(``update_masks``, ``set_masks``): a layer still stored dense whose active count now falls within
+it is compressed in place, optimizer state included, so a dense-to-sparse method (GMP) moves its
+big layers to CSR once they are sparse enough. Layers that stay masked-dense (too dense, too
+small, not Linear) are handled by the base class.
 """
 from __future__ import annotations
 
@@ -63,9 +76,11 @@ class SparseEngine(SparsityEngine):
     (:meth:`from_sparse_model`). Extra args: ``max_density``, ``min_size``, ``overrides`` (see
     :class:`BackendPolicy`), ``cache_transpose`` (see :class:`SparseLinear`) and ``block_elems``
     (memory bound of a growth step).
-    ``layers`` maps weight names to the compressed layers; ``is_compressed(name)`` tells them apart.
-    The engine does not support methods that read dense gradients every step or redistribute
-    across layers (SNFS, ``redistribution``); those keep a dense statistic by definition.
+    ``layers`` maps weight names to the compressed layers; ``is_compressed(name)`` tells them apart;
+    ``policy`` is re-applied after every topology update (dense-stored layers that became sparse
+    enough are compressed). Methods that keep a dense per-weight statistic by definition (SNFS,
+    ``redistribution="momentum"``: an EMA of dense gradients) keep it dense here as well, and the
+    dense gradient of every compressed layer is formed at every step for it.
     """
 
     layers: Mapping[str, SparseLinear] = MappingProxyType({})
@@ -138,6 +153,12 @@ class SparseEngine(SparsityEngine):
         for t in chosen:
             self._compress_layer(t, self.masks[t.name])
         return [t.name for t in chosen]
+
+    def _compress_now_sparse(self) -> None:
+        names = self._compress_eligible()
+        if names:
+            log.info("sparse backend: step %d: compressed %s (now within the backend policy)",
+                     self.step, ", ".join(names))
 
     def _compress_layer(self, t: Target, mask: torch.Tensor) -> None:
         """Replace target ``t``'s nn.Linear by a SparseLinear holding it under ``mask`` (a dense bool
@@ -246,7 +267,7 @@ class SparseEngine(SparsityEngine):
     def update_masks(self, fraction: float) -> dict:
         """As the base engine's, then compress the dense-stored layers now within the policy."""
         out = super().update_masks(fraction)
-        self._compress_eligible()
+        self._compress_now_sparse()
         return out
 
     @torch.no_grad()
@@ -261,7 +282,7 @@ class SparseEngine(SparsityEngine):
             pos, found = match(layer.flat_indices(), new)
             self._move_state(layer, new, pos, found)
             self.masks[name] = layer.mask_view()
-        self._compress_eligible()
+        self._compress_now_sparse()
         return out
 
     def _update_layer(self, name: str, n_drop: int, n_grow: int) -> int:
