@@ -141,8 +141,7 @@ GMP = {"start": 1, "end": 9, "frequency": 2}
 @pytest.mark.parametrize("method,make_opt,options", [
     ("rigl", sgd, DYNAMIC), ("set", sgd, DYNAMIC), ("rigl", adam, DYNAMIC), ("static", sgd, {}),
     ("snfs", sgd, DYNAMIC), ("snfs", adam, DYNAMIC),
-    ("rigl", sgd, {**DYNAMIC, "redistribution": "momentum"}), ("rigl", adam, {**DYNAMIC, "redistribution": "momentum"}),
-    ("rigl", sgd, {**DYNAMIC, "redistribution": "magnitude"}), ("rigl", adam, {**DYNAMIC, "redistribution": "magnitude"}),
+    *[("rigl", opt, {**DYNAMIC, "redistribution": r}) for r in ("momentum", "magnitude") for opt in (sgd, adam)],
     ("set", adam, {**DYNAMIC, "redistribution": "nonzeros"}),
     ("gmp", sgd, GMP), ("gmp", adam, {**GMP, "scope": "global"}),
 ], ids=lambda v: v if isinstance(v, str) else getattr(v, "__name__", None) or "-".join(

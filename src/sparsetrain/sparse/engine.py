@@ -447,7 +447,8 @@ def use_dense_backend(model: nn.Module, engine: SparseEngine) -> SparsityEngine:
         raise ConfigError("use_dense_backend: 'model' is not the model the engine was built on")
     masks = densify_model(engine.model, engine.optimizer)
     new = SparsityEngine.__new__(SparsityEngine)
-    new.__dict__.update({k: v for k, v in vars(engine).items() if k not in ("layers", "block_elems", "_factor_cache", "policy")})
+    sparse_only = ("layers", "block_elems", "_factor_cache", "policy")
+    new.__dict__.update({k: v for k, v in vars(engine).items() if k not in sparse_only})
     new.masks = {**engine.masks, **masks}
     new.targets = [Target(t.name, t.module_name, engine.model.get_submodule(t.module_name).weight)
                    if t.name in masks else t for t in engine.targets]
