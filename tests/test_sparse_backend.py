@@ -318,6 +318,12 @@ def test_gmp_checkpoint_after_automatic_compression():
     train(b, eb, ob, data[7:])                                         # pruning at step 8 on both
     train(c, ec, oc, data[7:])
     assert set(ec.layers) == set(eb.layers) and eb.last_update["step"] == ec.last_update["step"] == 8
+    bad = copy.deepcopy(state["engine"])
+    bad["config"]["method"] = "rigl"
+    _, (d, _, ed) = gmp_pair(adam)
+    with pytest.raises(CheckpointError, match="method 'rigl'"):
+        ed.load_state_dict(bad)
+    assert not ed.layers and type(d[0]) is nn.Linear                  # refused before compressing
     for x, y in zip(b.parameters(), c.parameters()):
         assert torch.equal(x, y)
     for name, layer in eb.layers.items():

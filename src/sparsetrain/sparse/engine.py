@@ -388,8 +388,9 @@ class SparseEngine(SparsityEngine):
         sparse layout) but this engine still holds dense, under their saved masks, so that the
         model's and optimizer's saved state_dicts fit. Returns their names."""
         masks = state.get("masks") if isinstance(state, Mapping) else None
-        if not isinstance(masks, Mapping):
-            return []  # load_state_dict reports the malformed state
+        method = state.get("config", {}).get("method", self.method.name) if isinstance(state, Mapping) else None
+        if not isinstance(masks, Mapping) or method != self.method.name:
+            return []  # leave the model alone: load_state_dict reports the mismatch
         chosen = [t for t in self._dense_targets() if self._linear(t) and torch.is_tensor(masks.get(t.name))
                   and masks[t.name].layout != torch.strided and tuple(masks[t.name].shape) == t.shape]
         for t in chosen:
