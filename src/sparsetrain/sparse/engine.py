@@ -45,7 +45,7 @@ from ..registry import METHODS
 from ..sparsity.engine import SparsityEngine
 from ..sparsity.masks import Target, apply_masks, unwrap
 from ..sparsity.topk import topk_mask
-from .convert import BackendPolicy, compress_linear, densify_model
+from .convert import BackendPolicy, compress_linear, densify_model, swap_parameter
 from .csr import carry, flat_from_csr, flat_from_mask, match, row_ids
 from .linear import SparseLinear
 from .streaming import streaming_topk
@@ -343,15 +343,20 @@ class SparseEngine(SparsityEngine):
 
     @torch.no_grad()
     def _move_state(self, layer: SparseLinear, new: torch.Tensor, pos: torch.Tensor, found: torch.Tensor) -> None:
-        """Re-index values, gradient and per-weight optimizer state to the new pattern."""
+        """Re-index values, gradient and per-weight optimizer state to the new pattern. A changed
+        count (redistribution, pruning) makes ``layer.values`` a new Parameter, put in the
+        optimizer's place of the old one (see :meth:`SparseLinear.set_pattern`)."""
         p = layer.values
-        state = self.optimizer.state.get(p, {}) if self.optimizer is not None else {}
-        for key, value in list(state.items()):
-            if torch.is_tensor(value) and value.shape == p.shape:
-                state[key] = carry(value, pos, found)
         grad = None if p.grad is None else carry(p.grad, pos, found)
-        layer.set_pattern(new, carry(p.detach(), pos, found))
-        p.grad = grad
+        q = layer.set_pattern(new, carry(p.detach(), pos, found))
+        if q is p:
+            state = self.optimizer.state.get(p, {}) if self.optimizer is not None else {}
+            for key, value in list(state.items()):
+                if torch.is_tensor(value) and value.shape == p.shape:
+                    state[key] = carry(value, pos, found)
+        else:
+            swap_parameter(self.optimizer, p, q, lambda t: carry(t, pos, found))
+        q.grad = grad
 
     # --- reporting and persistence ---------------------------------------------------------------
     def density_report(self) -> dict:

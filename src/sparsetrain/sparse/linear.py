@@ -137,12 +137,19 @@ class SparseLinear(nn.Module):
         return out
 
     @torch.no_grad()
-    def set_pattern(self, flat: torch.Tensor, values: torch.Tensor) -> None:
-        """Replace the connectivity by sorted flat positions ``flat`` with ``values``. The
-        ``values`` Parameter object is kept (optimizers keep referencing it); only its data
-        changes."""
-        self.values.data = values.to(self.values)
+    def set_pattern(self, flat: torch.Tensor, values: torch.Tensor) -> nn.Parameter:
+        """Replace the connectivity by sorted flat positions ``flat`` with ``values``; returns the
+        ``values`` Parameter. With an unchanged count it is the same object (optimizers keep
+        referencing it; only its data changes). A new count gets a new Parameter, which the
+        caller swaps into its optimizer: autograd fixes a leaf's shape for as long as a graph
+        built on it lives (a training loop keeps the last loss), so a leaf cannot be resized."""
+        values = values.to(self.values)
+        if values.numel() == self.values.numel():
+            self.values.data = values
+        else:
+            self.values = nn.Parameter(values, requires_grad=self.values.requires_grad)
         self._set_pattern(flat)
+        return self.values
 
     def _set_pattern(self, flat: torch.Tensor) -> None:
         if flat.numel() != self.values.numel():
