@@ -107,6 +107,27 @@ def test_resume_after_sigkill_is_bitwise(tmp_path, runs):
     assert (ref_dir / "metrics.jsonl").read_text() == (run_dir / "metrics.jsonl").read_text()
 
 
+def test_gmp_compresses_layers_during_the_run_and_resumes(tmp_path, capsys):
+    gmp = ["train", "--quiet", "--set", "train.steps=40", "--set", "train.eval_every=20",
+           "--set", "train.checkpoint_every=10", "--set", "data.batch_size=32", "--set", "sparsity.method=gmp",
+           "--set", "sparsity.sparsity=0.95", "--set", 'sparsity.options={"frequency": 5, "end_fraction": 0.5}',
+           "--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"min_size": 0}']
+    code, _, err = cli([*gmp, "--out-dir", str(tmp_path)], capsys)
+    assert code == 0, err
+    first = summary_of(tmp_path)
+    # dense at the start (density 1); ERK at 0.95 takes the hidden layers below max_density 0.1, not the head
+    assert first["compressed_layers"] == ["layers.0.weight", "layers.2.weight"]
+    assert first["layers"]["layers.4.weight"]["density"] > 0.1
+    (run_dir,) = list(tmp_path.iterdir())
+    assert {"layers.0.values", "layers.4.weight"} <= set(load_checkpoint(run_dir / "checkpoint.pt")["model"])
+    (run_dir / "summary.json").unlink()                               # resume into a fresh, dense model
+    code, _, err = cli(["train", "--quiet", "--resume", str(run_dir)], capsys)
+    assert code == 0, err
+    again = summary_of(tmp_path)
+    assert again["compressed_layers"] == first["compressed_layers"]
+    assert again["final"] == first["final"] and again["layers"] == first["layers"]
+
+
 @pytest.mark.parametrize("extra,fragment", [
     (["--set", "sparsity.backend=csr"], "sparsity.backend must be masked or sparse"),
     (["--set", "sparsity.backend=sparse", "--set", "sparsity.method=snip"], "use sparsity.backend=masked"),

@@ -18,7 +18,7 @@ from .engine import SparseEngine
 log = logging.getLogger(__name__)
 
 #: methods tested step for step against the masked-dense engine (tests/test_sparse_backend.py)
-SUPPORTED_METHODS = ("static", "set", "rigl")
+SUPPORTED_METHODS = ("static", "set", "rigl", "snfs", "gmp")
 
 #: keyword arguments of SparseEngine that are backend options (the rest are the engine's own)
 BACKEND_OPTIONS = ("max_density", "min_size", "overrides", "cache_transpose", "block_elems")

@@ -291,6 +291,10 @@ class Trainer:
     def _resume(self, metrics: MetricsLog, ck: Dict[str, Any]) -> int:
         """Load ``ck`` (read by :meth:`_read_checkpoint`) into the current phase's objects."""
         try:
+            if hasattr(self.engine, "restore_structure"):
+                # the sparse backend compresses layers during a dense-to-sparse run (GMP): give the
+                # fresh model the checkpoint's layer types before loading its weights
+                self.engine.restore_structure(ck["engine"])
             self.model.load_state_dict(ck["model"])
             self.optimizer.load_state_dict(ck["optimizer"])
             self.scheduler.load_state_dict(ck["scheduler"])
