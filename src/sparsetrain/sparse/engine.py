@@ -16,7 +16,8 @@ size nnz. A topology update
 * rebuilds values, gradient and every per-weight optimizer state tensor on the new pattern:
   survivors keep theirs, new connections start at zero (RigL paper, "zero initialisation"). The
   counts may change (redistribution grows more in some layers than it drops; GMP only drops):
-  every nnz-sized tensor is rebuilt at the new size.
+  every nnz-sized tensor is rebuilt at the new size, the values in a new Parameter that takes the
+  old one's place in the optimizer (``layer.values`` is then another object).
 
 Methods that keep a *dense* per-weight statistic keep it dense here too: SNFS and
 ``redistribution="momentum"`` hold an EMA of the dense gradient of every layer, updated every
