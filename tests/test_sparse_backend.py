@@ -318,8 +318,16 @@ def test_gmp_checkpoint_after_automatic_compression():
     c.load_state_dict(state["model"])
     oc.load_state_dict(state["opt"])
     ec.load_state_dict(state["engine"])
-    train(b, eb, ob, data[7:])                                         # pruning at step 8 on both
+    _, (e, oe, ee) = gmp_pair(adam)                                    # the engine's state first works too
+    again = copy.deepcopy(state)  # optimizers load state tensors without copying: no sharing with oc
+    ee.load_state_dict(again["engine"])
+    e.load_state_dict(again["model"])
+    oe.load_state_dict(again["opt"])
+    train(b, eb, ob, data[7:])                                         # pruning at step 8 on all three
     train(c, ec, oc, data[7:])
+    train(e, ee, oe, data[7:])
+    for x, y in zip(c.parameters(), e.parameters()):
+        assert torch.equal(x, y)
     assert set(ec.layers) == set(eb.layers) and eb.last_update["step"] == ec.last_update["step"] == 8
     bad = copy.deepcopy(state["engine"])
     bad["config"]["method"] = "rigl"
