@@ -98,12 +98,14 @@ def test_unset_init_from_keeps_older_run_hashes(tmp_path):
     init_from unset is the hash over all other keys."""
     import hashlib
 
-    from sparsetrain.config import _UNHASHED, flat_items, to_dict
+    from sparsetrain.config import _HASHED_UNLESS, _UNHASHED, RunConfig, flat_items, to_dict
 
     cfg = _cfg(tmp_path)
-    items = sorted((k, v) for k, v in flat_items(to_dict(cfg)) if k not in _UNHASHED and k != "train.init_from")
+    items = sorted((k, v) for k, v in flat_items(to_dict(cfg)) if k not in _UNHASHED and k not in _HASHED_UNLESS)
     old = hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:10]
     assert cfg.train.init_from is None and run_hash(cfg) == old
+    # the default config's hash as computed by sparsetrain before sparsity.backend existed
+    assert run_hash(RunConfig()) == "8dd939927c"
 
 
 def test_paper_experiment_static_then_rigl_from_it(tmp_path, capsys):
