@@ -1,5 +1,8 @@
 """Converting models between dense ``nn.Linear`` and compressed :class:`SparseLinear` layers.
 
+Recurrent layers (nn.LSTM / nn.GRU) become :class:`SparseLSTM` / :class:`SparseGRU`, whose weight
+matrices are SparseLinear submodules named like torch's parameters (``rnn.weight_hh_l0``).
+
 The per-layer choice is automatic: a layer goes sparse only where the CSR kernels beat dense
 GEMM on CPU — density at most ``max_density`` (a whole layer step, forward and both gradients,
 breaks even at ≈10 % density for 1024² and ≈15 % for 4096² on 2 cores; docs/performance.md)
@@ -17,7 +20,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +28,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..sparsity.topk import count_active
 from .linear import SparseLinear
+from .rnn import SPARSE_RNNS, SparseRNNBase, matrix_names, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +39,16 @@ BACKENDS = ("sparse", "dense")
 class BackendPolicy:
     """Which masked Linear layers are stored compressed.
 
+    An nn.LSTM / nn.GRU is decided as a whole (see :func:`choose_rnn`): it is compressed iff
+    every weight matrix of it would be, or an override pattern matching the module's own name
+    (e.g. ``{"rnn": "sparse"}``) forces it.
+
     Args:
         max_density: compress only layers with at most this fraction of active weights.
         min_size: compress only layers with at least this many weights (dense entries).
         overrides: {fnmatch pattern over weight names: "sparse" | "dense"}; the first matching
-            pattern wins over the automatic rule (a non-Linear layer always stays dense).
+            pattern wins over the automatic rule (a layer other than Linear, LSTM or GRU always
+            stays dense).
         cache_transpose: compressed layers keep Wᵀ's structure between steps (faster backward,
             8 more bytes per connection); see :class:`SparseLinear`.
     """
@@ -56,11 +65,15 @@ class BackendPolicy:
         if not 0.0 <= self.max_density <= 1.0:
             raise ConfigError(f"max_density must be in [0, 1], got {self.max_density}")
 
+    def override(self, name: str) -> Optional[str]:
+        """The backend the first override pattern matching ``name`` forces, or None."""
+        return next((b for p, b in self.overrides.items() if fnmatch.fnmatchcase(name, p)), None)
+
     def choose(self, name: str, numel: int, active: int) -> str:
         """'sparse' or 'dense' for weight ``name`` with ``numel`` entries, ``active`` of them active."""
-        for pattern, backend in self.overrides.items():
-            if fnmatch.fnmatchcase(name, pattern):
-                return backend
+        forced = self.override(name)
+        if forced is not None:
+            return forced
         # compare counts, not floats: a layer built at density d has count_active(numel, d) weights
         small_enough = active <= count_active(numel, self.max_density)
         return "sparse" if small_enough and numel >= self.min_size else "dense"
@@ -92,14 +105,27 @@ def swap_parameter(optimizer: Optional[torch.optim.Optimizer], old: nn.Parameter
                                 for k, v in state.items()}
 
 
+def _gather(flat: torch.Tensor):
+    """Dense per-weight state → its entries at the active positions ``flat``."""
+    return lambda t: t.reshape(-1)[flat].clone()
+
+
+def _scatter(flat: torch.Tensor, like: torch.Tensor):
+    """Per-connection state at positions ``flat`` → a dense tensor shaped as ``like`` (0 elsewhere)."""
+    def scatter(t: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(like.numel(), dtype=t.dtype, device=t.device)
+        out[flat] = t
+        return out.view_as(like)
+    return scatter
+
+
 def compress_linear(model: nn.Module, module_name: str, mask: torch.Tensor,
                     optimizer: Optional[torch.optim.Optimizer] = None, cache_transpose: bool = True) -> SparseLinear:
     """Replace ``model.<module_name>`` (an nn.Linear) by a SparseLinear holding its weights
     under ``mask``; returns the new layer."""
     linear = model.get_submodule(module_name)
     layer = SparseLinear.from_dense(linear, mask, cache_transpose=cache_transpose)
-    flat = layer.flat_indices()
-    swap_parameter(optimizer, linear.weight, layer.values, lambda t: t.reshape(-1)[flat].clone())
+    swap_parameter(optimizer, linear.weight, layer.values, _gather(layer.flat_indices()))
     if linear.bias is not None:
         layer.bias = linear.bias  # same Parameter object: its optimizer state stays valid
     _replace_module(model, module_name, layer)
@@ -111,29 +137,106 @@ def decompress_linear(model: nn.Module, module_name: str,
     """Replace a SparseLinear by the equivalent nn.Linear (state scattered back to dense)."""
     layer = model.get_submodule(module_name)
     linear = layer.to_linear()
-    flat = layer.flat_indices()
-
-    def scatter(t: torch.Tensor) -> torch.Tensor:
-        out = torch.zeros(linear.weight.numel(), dtype=t.dtype, device=t.device)
-        out[flat] = t
-        return out.view_as(linear.weight)
-
-    swap_parameter(optimizer, layer.values, linear.weight, scatter)
+    swap_parameter(optimizer, layer.values, linear.weight, _scatter(layer.flat_indices(), linear.weight))
     if layer.bias is not None:
         linear.bias = layer.bias
     _replace_module(model, module_name, linear)
     return linear
 
 
+def rnn_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """(module name, module) of every nn.LSTM / nn.GRU / nn.RNN except the root."""
+    return [(n, m) for n, m in model.named_modules() if n and isinstance(m, nn.RNNBase)]
+
+
+def choose_rnn(policy: BackendPolicy, module_name: str, rnn: nn.Module,
+               masks: Mapping[str, torch.Tensor]) -> Tuple[bool, str]:
+    """(compress?, why) for the recurrent module ``module_name`` under ``policy`` and ``masks``
+    ({weight name: mask} of the sparsified tensors): all its weight matrices or none.
+
+    An override matching the module name decides; forcing "sparse" on a module that cannot be
+    compressed (bidirectional, proj_size, a matrix without a mask) is a ConfigError.
+    """
+    forced = policy.override(module_name)
+    if forced == "dense":
+        return False, f"override {forced!r}"
+    reason = unsupported_reason(rnn)
+    if reason is None:
+        names = [f"{module_name}.{n}" for n in matrix_names(rnn.num_layers)]
+        unmasked = [n for n in names if n not in masks]
+        reason = f"{', '.join(unmasked)} not sparsified" if unmasked else None
+    if reason is not None:
+        if forced == "sparse":
+            raise ConfigError(f"cannot compress '{module_name}' as the override asks: {reason}")
+        return False, reason
+    if forced == "sparse":
+        return True, "override 'sparse'"
+    dense = [n for n in names if policy.choose(n, masks[n].numel(), int(masks[n].sum())) == "dense"]
+    if dense:
+        return False, f"{', '.join(dense)} too dense or too small (all matrices must qualify)"
+    return True, "every weight matrix qualifies"
+
+
+def compress_rnn(model: nn.Module, module_name: str, masks: Mapping[str, torch.Tensor],
+                 optimizer: Optional[torch.optim.Optimizer] = None,
+                 cache_transpose: bool = True) -> Dict[str, SparseLinear]:
+    """Replace ``model.<module_name>`` (an nn.LSTM / nn.GRU) by its SparseLSTM / SparseGRU under
+    ``masks`` ({"<module_name>.weight_ih_l0": mask, ...}; a missing one means its nonzeros).
+    Returns {weight name: compressed matrix}. Biases keep their Parameter objects."""
+    rnn = model.get_submodule(module_name)
+    reason = unsupported_reason(rnn)
+    if reason is not None:
+        raise ConfigError(f"cannot compress '{module_name}': {reason}")
+    local = {n: masks[f"{module_name}.{n}"] for n in matrix_names(rnn.num_layers) if f"{module_name}.{n}" in masks}
+    new = SPARSE_RNNS[type(rnn)].from_dense(rnn, local, cache_transpose=cache_transpose)
+    for name, layer in new.matrices().items():
+        swap_parameter(optimizer, getattr(rnn, name), layer.values, _gather(layer.flat_indices()))
+    _replace_module(model, module_name, new)
+    return {f"{module_name}.{n}": layer for n, layer in new.matrices().items()}
+
+
+def decompress_rnn(model: nn.Module, module_name: str,
+                   optimizer: Optional[torch.optim.Optimizer] = None) -> Dict[str, torch.Tensor]:
+    """Replace a SparseLSTM / SparseGRU by the equivalent nn.LSTM / nn.GRU (state scattered back
+    to dense); returns the masks {weight name: dense bool mask} of its matrices."""
+    sparse = model.get_submodule(module_name)
+    dense = sparse.to_dense()
+    masks = {}
+    for name, layer in sparse.matrices().items():
+        weight = getattr(dense, name)
+        swap_parameter(optimizer, layer.values, weight, _scatter(layer.flat_indices(), weight))
+        masks[f"{module_name}.{name}"] = layer.mask()
+    _replace_module(model, module_name, dense)
+    return masks
+
+
+def compressed_layers(model: nn.Module) -> Dict[str, Tuple[str, SparseLinear]]:
+    """{weight name: (module name as the masked-dense engine sees it, compressed layer)}: a
+    SparseLinear ``fc`` gives ``fc.weight``; a matrix of a SparseLSTM ``rnn`` gives
+    ``rnn.weight_hh_l0`` (module ``rnn``), torch's name for it."""
+    out, inside = {}, set()
+    for n, m in model.named_modules():
+        if isinstance(m, SparseRNNBase):
+            for name, layer in m.matrices().items():
+                out[f"{n}.{name}" if n else name] = (n, layer)
+                inside.add(id(layer))
+    for n, m in model.named_modules():
+        if isinstance(m, SparseLinear) and id(m) not in inside:
+            out[f"{n}.weight" if n else "weight"] = (n, m)
+    return out
+
+
 def sparsify_model(model: nn.Module, engine_or_masks, *, max_density: float = 0.1,
                    min_size: int = 1 << 16, overrides: Optional[Mapping[str, str]] = None,
                    optimizer: Optional[torch.optim.Optimizer] = None,
                    cache_transpose: bool = True) -> Dict[str, SparseLinear]:
-    """Replace eligible ``nn.Linear`` layers by :class:`SparseLinear` holding their masked weights.
+    """Replace eligible ``nn.Linear`` layers by :class:`SparseLinear` holding their masked weights,
+    eligible nn.LSTM / nn.GRU by :class:`SparseLSTM` / :class:`SparseGRU`.
 
     ``engine_or_masks``: a SparsityEngine (its masks are read; to keep training with it use
     :func:`use_sparse_backend` instead) or {"<module>.weight": bool mask}. Returns
-    {weight name: new layer}. See :class:`BackendPolicy` for the per-layer rule.
+    {weight name: new layer} (an RNN contributes one entry per weight matrix). See
+    :class:`BackendPolicy` for the per-layer rule.
     """
     masks = _masks_of(engine_or_masks)
     policy = BackendPolicy(max_density, min_size, dict(overrides or {}), cache_transpose)
@@ -142,6 +245,11 @@ def sparsify_model(model: nn.Module, engine_or_masks, *, max_density: float = 0.
         mask = masks[name]
         if policy.choose(name, mask.numel(), int(mask.sum())) == "sparse":
             out[name] = compress_linear(model, module_name, mask, optimizer, policy.cache_transpose)
+    for module_name, rnn in rnn_modules(model):
+        chosen, why = choose_rnn(policy, module_name, rnn, masks)
+        log.info("%s '%s': %s", "compressing" if chosen else "leaving dense", module_name, why)
+        if chosen:
+            out.update(compress_rnn(model, module_name, masks, optimizer, policy.cache_transpose))
     log.info("compressed %d of %d masked layers: %s", len(out), len(masks), ", ".join(out) or "none")
     return out
 
@@ -155,9 +263,12 @@ def linear_weights(model: nn.Module, names) -> list:
 
 
 def densify_model(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None) -> Dict[str, torch.Tensor]:
-    """Replace every SparseLinear by an equivalent nn.Linear; returns their masks
-    {weight name: dense bool mask} (the masked-dense engine's format)."""
+    """Replace every SparseLinear by an equivalent nn.Linear and every SparseLSTM / SparseGRU by
+    an nn.LSTM / nn.GRU; returns their masks {weight name: dense bool mask} (the masked-dense
+    engine's format)."""
     masks = {}
+    for module_name in [n for n, m in model.named_modules() if isinstance(m, SparseRNNBase)]:
+        masks.update(decompress_rnn(model, module_name, optimizer))
     for module_name, layer in [(n, m) for n, m in model.named_modules() if isinstance(m, SparseLinear)]:
         masks[f"{module_name}.weight" if module_name else "weight"] = layer.mask()
         decompress_linear(model, module_name, optimizer)

@@ -25,11 +25,15 @@ step, so the (x, g) factors are captured at every step and ∂L/∂W formed in f
 2·f_S + f_D training cost; the engine logs this once). Per-layer statistics (mean |w|, mean |EMA|)
 read the active entries through :meth:`SparseEngine.active_values`.
 
+An nn.LSTM / nn.GRU is compressed as a whole (:class:`SparseLSTM` / :class:`SparseGRU`) when all
+its weight matrices qualify; each matrix is then a compressed layer under torch's parameter name
+(``rnn.weight_hh_l0``), its dense gradient the sum over time steps of the captured factors.
+
 The backend policy (:class:`BackendPolicy`) is kept and applied again after every topology update
-(``update_masks``, ``set_masks``): a layer still stored dense whose active count now falls within
-it is compressed in place, optimizer state included, so a dense-to-sparse method (GMP) moves its
-big layers to CSR once they are sparse enough. Layers that stay masked-dense (too dense, too
-small, not Linear) are handled by the base class.
+(``update_masks``, ``set_masks``): a layer (or recurrent module) still stored dense whose active
+count now falls within it is compressed in place, optimizer state included, so a dense-to-sparse
+method (GMP) moves its big layers to CSR once they are sparse enough. Layers that stay
+masked-dense (too dense, too small, not Linear/LSTM/GRU) are handled by the base class.
 """
 from __future__ import annotations
 
@@ -46,9 +50,11 @@ from ..registry import METHODS
 from ..sparsity.engine import SparsityEngine
 from ..sparsity.masks import Target, apply_masks, unwrap
 from ..sparsity.topk import topk_mask
-from .convert import BackendPolicy, compress_linear, densify_model, swap_parameter
+from .convert import (BackendPolicy, choose_rnn, compress_linear, compress_rnn, compressed_layers, densify_model,
+                      rnn_modules, swap_parameter)
 from .csr import carry, flat_from_csr, flat_from_mask, match, row_ids
 from .linear import SparseLinear
+from .rnn import matrix_names, unsupported_reason
 from .streaming import streaming_topk
 
 log = logging.getLogger(__name__)
@@ -116,15 +122,16 @@ class SparseEngine(SparsityEngine):
         :meth:`SparseLinear.random`) and never had dense weights; their current patterns are
         the masks and their densities the layer densities."""
         model = unwrap(model)
-        layers = {f"{n}.weight": m for n, m in model.named_modules() if isinstance(m, SparseLinear)}
-        if not layers:
+        found = compressed_layers(model)
+        if not found:
             raise ConfigError("the model has no SparseLinear layer; build it with SparseLinear.random "
                               "or construct SparseEngine(model, ...) on a dense model")
+        layers = {n: layer for n, (_, layer) in found.items()}
         new = cls.__new__(cls)
         new.model, new.optimizer = model, optimizer
         new.method = METHODS.get(method)(**method_options)
         new.total_steps, new.sync_masks, new.block_elems = total_steps, sync_masks, int(block_elems)
-        new.targets = [_logical_target(n, n[: -len(".weight")], l.shape) for n, l in layers.items()]
+        new.targets = [_logical_target(n, m, l.shape) for n, (m, l) in found.items()]
         new.kept_dense, new._by_name = [], {t.name: t for t in new.targets}
         new.densities = {n: l.density for n, l in layers.items()}
         total = sum(l.out_features * l.in_features for l in layers.values())
@@ -141,19 +148,24 @@ class SparseEngine(SparsityEngine):
     def _compress(self, policy: BackendPolicy) -> None:
         """Keep ``policy`` (applied again after every topology update) and compress what it selects."""
         self.policy, self.layers = policy, {}
-        self._compress_eligible()
+        self._compress_eligible(announce=True)
         log.info("sparse backend: %d of %d layers compressed (%s)", len(self.layers), len(self.targets),
                  ", ".join(self.layers) or "none")
         self._adopt(dict(self.layers))
 
-    def _compress_eligible(self) -> list:
-        """Compress every dense-stored Linear target the policy now selects: a dense-to-sparse
-        method (GMP) moves a layer here once its active count falls within ``max_density``."""
+    def _compress_eligible(self, announce: bool = False) -> list:
+        """Compress every dense-stored Linear target and nn.LSTM / nn.GRU the policy now selects
+        (a dense-to-sparse method, GMP, moves a layer here once its active count falls within
+        ``max_density``); returns the weight names compressed. ``announce``: log every recurrent
+        module's decision at INFO (else DEBUG)."""
         chosen = [t for t in self._dense_targets() if self._linear(t) and self.policy.choose(
             t.name, t.param.numel(), int(self.masks[t.name].sum())) == "sparse"]
         for t in chosen:
             self._compress_layer(t, self.masks[t.name])
-        return [t.name for t in chosen]
+        names = [t.name for t in chosen]
+        for module_name in self._rnns_to_compress(announce):
+            names += self._compress_rnn(module_name, self.masks)
+        return names
 
     def _compress_now_sparse(self) -> None:
         names = self._compress_eligible()
@@ -165,12 +177,38 @@ class SparseEngine(SparsityEngine):
         """Replace target ``t``'s nn.Linear by a SparseLinear holding it under ``mask`` (a dense bool
         tensor); the optimizer's parameter and per-weight state follow (see compress_linear)."""
         layer = compress_linear(self.model, t.module_name, mask, self.optimizer, self.policy.cache_transpose)
-        layer.capture = [] if self._capturing() else None
-        self._replace_target(_logical_target(t.name, t.module_name, t.shape))
-        layers = {**self.layers, t.name: layer}
+        self._register({t.name: layer}, t.module_name)
+
+    def _compress_rnn(self, module_name: str, masks: Mapping[str, torch.Tensor]) -> list:
+        """Replace the nn.LSTM / nn.GRU ``module_name`` by its sparse counterpart under ``masks``
+        (dense bool tensors by weight name); returns the names of its matrices."""
+        matrices = compress_rnn(self.model, module_name, masks, self.optimizer, self.policy.cache_transpose)
+        self._register(matrices, module_name)
+        return list(matrices)
+
+    def _register(self, new: Dict[str, SparseLinear], module_name: str) -> None:
+        """Make the freshly compressed ``new`` {weight name: layer} compressed targets of the engine."""
+        for name, layer in new.items():
+            layer.capture = [] if self._capturing() else None
+            self._replace_target(_logical_target(name, module_name, layer.shape))
+            self.masks[name] = layer.mask_view()
+            self._multipliers.pop(name, None)
+        layers = {**self.layers, **new}
         self.layers = {x.name: layers[x.name] for x in self.targets if x.name in layers}  # target order
-        self.masks[t.name] = layer.mask_view()
-        self._multipliers.pop(t.name, None)
+
+    def _rnns_to_compress(self, announce: bool) -> list:
+        """Names of the dense-stored nn.LSTM / nn.GRU modules with sparsified weights to compress,
+        decided per module (:func:`choose_rnn`: all weight matrices or none); logs each decision."""
+        out = []
+        for module_name, rnn in rnn_modules(self.model):
+            if not any(t.module_name == module_name for t in self.targets):
+                continue
+            chosen, why = choose_rnn(self.policy, module_name, rnn, self.masks)
+            log.log(logging.INFO if announce else logging.DEBUG, "sparse backend: %s '%s': %s",
+                    "compressing" if chosen else "leaving dense", module_name, why)
+            if chosen:
+                out.append(module_name)
+        return out
 
     def _linear(self, t: Target) -> bool:
         """Whether target ``t`` is the weight of a plain nn.Linear (the layers we can compress)."""
@@ -401,7 +439,22 @@ class SparseEngine(SparsityEngine):
                   and masks[t.name].layout != torch.strided and tuple(masks[t.name].shape) == t.shape]
         for t in chosen:
             self._compress_layer(t, masks[t.name].to_dense().to(device=t.param.device, dtype=torch.bool))
-        return [t.name for t in chosen]
+        return [t.name for t in chosen] + self._restore_rnns(masks)
+
+    def _restore_rnns(self, masks: Mapping[str, torch.Tensor]) -> list:
+        """restore_structure for recurrent modules: compress an nn.LSTM / nn.GRU whose matrices
+        all have a saved sparse-layout mask of the right shape."""
+        out = []
+        for module_name, rnn in rnn_modules(self.model):
+            names = [f"{module_name}.{n}" for n in matrix_names(rnn.num_layers)]
+            saved = {n: masks.get(n) for n in names}
+            if unsupported_reason(rnn) is None and all(
+                    torch.is_tensor(m) and m.layout != torch.strided and n in self._by_name
+                    and tuple(m.shape) == self._by_name[n].shape for n, m in saved.items()):
+                device = getattr(rnn, "weight_hh_l0").device
+                out += self._compress_rnn(module_name, {n: m.to_dense().to(device=device, dtype=torch.bool)
+                                                        for n, m in saved.items()})
+        return out
 
     def _restore_mask(self, name: str, mask: torch.Tensor) -> None:
         if name not in self.layers:
@@ -434,7 +487,8 @@ def use_sparse_backend(model: nn.Module, engine: SparsityEngine, **options) -> S
     """Switch a training run to the truly sparse CPU backend; returns the engine to use from now on.
 
     Eligible Linear layers of ``model`` (that of ``engine``) are replaced in place by
-    :class:`SparseLinear`; ``engine.optimizer``'s parameter groups and state follow. Options:
+    :class:`SparseLinear`, eligible nn.LSTM / nn.GRU by :class:`SparseLSTM` / :class:`SparseGRU`;
+    ``engine.optimizer``'s parameter groups and state follow. Options:
     ``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems`` (see
     :class:`SparseEngine`).
     Call it after building the engine and optimizer, before the first step (or between steps).
@@ -447,7 +501,7 @@ def use_sparse_backend(model: nn.Module, engine: SparsityEngine, **options) -> S
 
 
 def use_dense_backend(model: nn.Module, engine: SparseEngine) -> SparsityEngine:
-    """The way back: every compressed layer of ``model`` becomes an nn.Linear again (optimizer
+    """The way back: every compressed layer of ``model`` becomes an nn.Linear (nn.LSTM, nn.GRU) again (optimizer
     state scattered to dense), and a masked-dense :class:`SparsityEngine` with the same state
     is returned; use it from then on."""
     if unwrap(model) is not engine.model:
@@ -457,7 +511,7 @@ def use_dense_backend(model: nn.Module, engine: SparseEngine) -> SparsityEngine:
     sparse_only = ("layers", "block_elems", "_factor_cache", "policy")
     new.__dict__.update({k: v for k, v in vars(engine).items() if k not in sparse_only})
     new.masks = {**engine.masks, **masks}
-    new.targets = [Target(t.name, t.module_name, engine.model.get_submodule(t.module_name).weight)
+    new.targets = [Target(t.name, t.module_name, engine.model.get_parameter(t.name))
                    if t.name in masks else t for t in engine.targets]
     new._by_name = {t.name: t for t in new.targets}
     new.apply_masks()

@@ -2,7 +2,7 @@
 
 Layout of the file (all names are the model's ordinary state_dict names):
 
-* a masked weight ``W`` → ``<W>.crow_indices`` (int32), ``<W>.col_indices`` (int32),
+* a masked weight ``W`` (an RNN weight matrix ``rnn.weight_hh_l0`` included) → ``<W>.crow_indices`` (int32), ``<W>.col_indices`` (int32),
   ``<W>.values``; the CSR pattern is exactly the mask (a connection kept at value 0 stays in it),
   so masks cost no extra bytes; a weight of more than two dimensions (conv) is stored as its
   (out × rest) matrix;
@@ -24,7 +24,9 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError
 from .csr import csr_from_flat, csr_tensor, flat_from_csr, flat_from_mask
+from .convert import compress_rnn, compressed_layers, decompress_rnn, rnn_modules
 from .linear import SparseLinear
+from .rnn import SparseRNNBase, matrix_names, unsupported_reason
 
 FORMAT_VERSION = 1
 _KEY = "sparsetrain"
@@ -47,10 +49,9 @@ def _collect(model: nn.Module, masks: Mapping[str, torch.Tensor]):
     """(tensors, {csr weight name: dense shape}) of ``model`` under ``masks``."""
     tensors, csr = {}, {}
     sparse_prefixes = {f"{n}." for n, m in model.named_modules() if isinstance(m, SparseLinear)}
-    for n, m in model.named_modules():
-        if isinstance(m, SparseLinear):
-            csr[f"{n}.weight"] = list(m.shape)
-            tensors.update(_csr_entries(f"{n}.weight", m.shape, m.flat_indices(), m.values.detach()))
+    for name, (_, m) in compressed_layers(model).items():
+        csr[name] = list(m.shape)
+        tensors.update(_csr_entries(name, m.shape, m.flat_indices(), m.values.detach()))
     for name, t in model.state_dict().items():
         if any(name.startswith(p) and name[len(p):] in ("values", "crow_indices", "col_indices")
                for p in sparse_prefixes):
@@ -119,7 +120,12 @@ class SparseCheckpoint:
 
     def load_into(self, model: nn.Module, compress: bool = True) -> nn.Module:
         """Load into ``model`` (the architecture it was exported from). With ``compress``,
-        Linear layers stored in CSR become :class:`SparseLinear` (fast sparse inference)."""
+        Linear layers stored in CSR become :class:`SparseLinear` (fast sparse inference), and an
+        nn.LSTM / nn.GRU whose weight matrices are all stored in CSR a SparseLSTM / SparseGRU."""
+        rnns = self._recurrent(model)
+        for module_name in rnns:  # sparse ones take the dense state first, like nn.LSTM
+            if isinstance(model.get_submodule(module_name), SparseRNNBase):
+                decompress_rnn(model, module_name)
         state, done = self.dense_state_dict(), set()
         for name in self.shapes:
             module_name = name[: -len(".weight")] if name.endswith(".weight") else None
@@ -141,7 +147,18 @@ class SparseCheckpoint:
         if missing or unexpected:
             raise CheckpointError(f"the exported model does not fit this architecture (missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]}); build the model it was exported from")
+        if compress:
+            masks = self.masks()
+            for module_name in rnns:
+                compress_rnn(model, module_name, masks)
         return model
+
+    def _recurrent(self, model: nn.Module) -> list:
+        """Names of the (dense or sparse) LSTM / GRU modules of ``model`` whose weight matrices
+        are all stored in CSR here."""
+        candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, SparseRNNBase)]
+        candidates += [(n, m) for n, m in rnn_modules(model) if unsupported_reason(m) is None]
+        return [n for n, m in candidates if all(f"{n}.{w}" in self.shapes for w in matrix_names(m.num_layers))]
 
     def _place_sparse(self, model: nn.Module, module_name: str, module: nn.Module, name: str) -> None:
         out_f, in_f = self.shapes[name]
