@@ -266,6 +266,11 @@ def test_rnn_is_compressed_whole_or_not_at_all(caplog):
     forced = lm()
     eng = SparseEngine(forced, None, "set", max_density=0.2, min_size=0, overrides={"rnn": "sparse"}, **opts)
     assert isinstance(forced.rnn, SparseLSTM) and "rnn.weight_hh_l1" in eng.layers
+    first_dense = lm()                                           # uniform keeps the first layer dense
+    with caplog.at_level(logging.INFO, logger="sparsetrain.sparse.engine"):
+        eng = SparseEngine(first_dense, None, "set", sparsity=0.8, distribution="uniform", total_steps=10,
+                           max_density=1.0, min_size=0)
+    assert type(first_dense.rnn) is nn.LSTM and "rnn.weight_ih_l0 not sparsified" in caplog.text
 
 
 def test_bidirectional_lstm_is_left_dense_with_the_message(caplog):

@@ -164,7 +164,7 @@ def choose_rnn(policy: BackendPolicy, module_name: str, rnn: nn.Module,
     if reason is None:
         names = [f"{module_name}.{n}" for n in matrix_names(rnn.num_layers)]
         unmasked = [n for n in names if n not in masks]
-        reason = f"{', '.join(unmasked)} not sparsified" if unmasked else None
+        reason = f"{', '.join(unmasked)} not sparsified (kept dense or excluded)" if unmasked else None
     if reason is not None:
         if forced == "sparse":
             raise ConfigError(f"cannot compress '{module_name}' as the override asks: {reason}")
