@@ -134,6 +134,25 @@ def test_unsupported_lstm_is_refused(kind, match):
         SparseLSTM.from_dense(nn.LSTM(3, 4, **kind))
 
 
+def test_random_sparse_gru_trains_with_from_sparse_model():
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("rnn", SparseGRU.random(6, 10, 0.2, num_layers=2, generator=torch.Generator().manual_seed(1)))
+    assert [l.nnz for l in model.rnn.matrices().values()] == [36, 60, 60, 60]   # count_active(30·6 or 30·10, 0.2)
+    assert all(float(p.detach().abs().max()) <= 10 ** -0.5 for p in model.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    eng = SparseEngine.from_sparse_model(model, opt, "rigl", total_steps=10, delta_t=2)
+    assert set(eng.layers) == {"rnn.weight_ih_l0", "rnn.weight_hh_l0", "rnn.weight_ih_l1", "rnn.weight_hh_l1"}
+    assert {t.module_name for t in eng.targets} == {"rnn"}
+    x = torch.randn(5, 3, 6)
+    for _ in range(3):
+        opt.zero_grad()
+        model.rnn(x)[0].pow(2).sum().backward()
+        eng.step_optimizer()
+    assert eng.last_update["step"] == 2 and eng.last_update["grown"] > 0
+    assert [l.nnz for l in model.rnn.matrices().values()] == [36, 60, 60, 60]
+
+
 # --- the engine ------------------------------------------------------------------------------------
 def lm(cell="lstm", layers=2, dropout=0.0, seed=0):
     torch.manual_seed(seed)

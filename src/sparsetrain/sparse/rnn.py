@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .csr import flat_from_mask
+from ..sparsity.topk import count_active
+from .csr import flat_from_mask, random_flat
 from .functional import sparse_linear
 from .linear import SparseLinear
 
@@ -109,6 +110,27 @@ class SparseRNNBase(nn.Module):
         new = cls(rnn.input_size, rnn.hidden_size, matrices, biases, rnn.batch_first, rnn.dropout)
         return new.train(rnn.training)
 
+    @classmethod
+    def random(cls, input_size: int, hidden_size: int, density: float, num_layers: int = 1, *,
+               bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+               generator: Optional[torch.Generator] = None, dtype: torch.dtype = torch.float32,
+               **options) -> "SparseRNNBase":
+        """Exact-count uniformly random connectivity in every weight matrix with torch's RNN
+        initialisation (weights and biases ~ U(−1/√hidden, 1/√hidden)), never allocating a
+        dense matrix; train it with ``SparseEngine.from_sparse_model``."""
+        generator = generator or torch.Generator().manual_seed(0)
+        bound = hidden_size ** -0.5
+        rows, matrices = cls.gates * hidden_size, []
+        for k in range(2 * num_layers):
+            cols = input_size if k == 0 else hidden_size
+            n = count_active(rows * cols, density)
+            flat = random_flat((rows, cols), n, generator)
+            values = (torch.rand(n, generator=generator, dtype=dtype) * 2 - 1) * bound
+            matrices.append(SparseLinear(cols, rows, flat, values, None, **options))
+        biases = [(torch.rand(rows, generator=generator, dtype=dtype) * 2 - 1) * bound
+                  for _ in range(2 * num_layers)] if bias else None
+        return cls(input_size, hidden_size, matrices, biases, batch_first, dropout)
+
     def to_dense(self) -> nn.Module:
         """The equivalent ``nn.LSTM`` / ``nn.GRU`` (a copy of the weights; biases are shared)."""
         some = next(iter(self.matrices().values())).values
@@ -181,7 +203,7 @@ class SparseLSTM(SparseRNNBase):
     """``nn.LSTM`` (unidirectional, no projection) with CSR weight matrices; see :mod:`.rnn`.
 
     Reference: Hochreiter & Schmidhuber 1997; torch's gate order (i, f, g, o). Build it with
-    :meth:`from_dense`; :meth:`to_dense` goes back.
+    :meth:`from_dense` or :meth:`random`; :meth:`to_dense` goes back.
     """
 
     dense_type = nn.LSTM
@@ -205,7 +227,8 @@ class SparseGRU(SparseRNNBase):
     """``nn.GRU`` (unidirectional) with CSR weight matrices; see :mod:`.rnn`.
 
     Reference: Cho et al. 2014; torch's gate order (r, z, n) with the recurrent bias of n inside
-    the reset gate's product. Build it with :meth:`from_dense`; :meth:`to_dense` goes back.
+    the reset gate's product. Build it with :meth:`from_dense` or :meth:`random`; :meth:`to_dense`
+    goes back.
     """
 
     dense_type = nn.GRU
