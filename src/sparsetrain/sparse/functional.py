@@ -82,3 +82,79 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Te
     lead = x.shape[:-1]
     y = SparseLinearFunction.apply(x.reshape(-1, x.shape[-1]), values, bias, pattern, sink)
     return y.reshape(*lead, pattern.shape[0])
+
+
+class SequenceWeight:
+    """A sparse matrix W = CSR(pattern, values) applied at every step of a sequence (an RNN's
+    recurrent weight): ``step(h, bias)`` = h Wᵀ + b.
+
+    W and Wᵀ are built once per sequence, not per step, and the weight gradient
+    ∂L/∂v = Σ_t (g_tᵀ h_t)|_P is one sampled product over all T·B rows at the end of the backward
+    pass instead of T small ones (each step's backward only computes ∂L/∂h = g W and keeps
+    (h, g)). ``sink``, if a list, receives the concatenated (h, g) factors once.
+    """
+
+    def __init__(self, values: torch.Tensor, pattern: Pattern, sink: Optional[List] = None):
+        self.values, self.pattern, self.sink = values, pattern, sink
+        self.matrix = pattern.matrix(values.detach())
+        self.pairs: List[Tuple[torch.Tensor, torch.Tensor]] = []
+        self._transposed: Optional[torch.Tensor] = None
+        # the steps feed their share of ∂L/∂v into this token; its backward runs after all of theirs
+        track = values.requires_grad and torch.is_grad_enabled()
+        self.token = _SequenceWeightGrad.apply(values, self) if track else None
+
+    def transposed(self) -> torch.Tensor:
+        if self._transposed is None:
+            self._transposed = self.pattern.transposed_matrix(self.values.detach())
+        return self._transposed
+
+    def step(self, h: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return _SequenceStep.apply(h, self.token, bias, self)
+
+
+class _SequenceWeightGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, seq: SequenceWeight) -> torch.Tensor:
+        ctx.seq = seq
+        return values.new_zeros(())
+
+    @staticmethod
+    def backward(ctx, _token_grad: torch.Tensor):
+        seq = ctx.seq
+        pairs, seq.pairs = seq.pairs, []  # free them as soon as they are used
+        if not pairs:
+            return torch.zeros_like(seq.values), None
+        x, g = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        with record_function("sparse_rnn.grad_weight"):
+            grad_v = torch.sparse.sampled_addmm(seq.matrix, g.T, x, beta=0.0).values()
+        if seq.sink is not None:
+            seq.sink.append((x, g))
+        return grad_v, None
+
+
+class _SequenceStep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, token: Optional[torch.Tensor], bias: Optional[torch.Tensor],
+                seq: SequenceWeight) -> torch.Tensor:
+        with record_function("sparse_rnn.step"):
+            y = torch.sparse.mm(seq.matrix, h.T).T
+            if bias is not None:
+                y = y + bias
+        ctx.save_for_backward(h)
+        ctx.seq, ctx.has_bias = seq, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (h,) = ctx.saved_tensors
+        seq = ctx.seq
+        grad_h = grad_token = grad_b = None
+        if ctx.needs_input_grad[0]:
+            with record_function("sparse_rnn.grad_input"):
+                grad_h = torch.sparse.mm(seq.transposed(), grad.T).T
+        if ctx.needs_input_grad[1]:
+            seq.pairs.append((h.detach(), grad.detach()))
+            grad_token = grad.new_zeros(())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum(0)
+        return grad_h, grad_token, grad_b, None
