@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from sparsetrain.errors import ConfigError
+from sparsetrain.flops import count_flops
 from sparsetrain.models.rnn import RNNLanguageModel
 from sparsetrain.sparse import (SparseEngine, SparseGRU, SparseLinear, SparseLSTM, densify_model, export_sparse,
                                 load_sparse, sparsify_model, use_dense_backend, use_sparse_backend)
@@ -333,3 +334,14 @@ def test_export_load_round_trip_with_rnn(tmp_path):
     assert type(kept_dense.rnn) is nn.LSTM
     with torch.no_grad():
         assert torch.allclose(kept_dense(tokens), ref, atol=1e-12)
+
+
+def test_flops_of_a_compressed_rnn_equal_the_masked_dense_count():
+    (a, _, ea), (b, _, eb) = lm_pair("set")
+    densities = {n: float(m.double().mean()) for n, m in ea.masks.items()}
+    dense = count_flops(a, (6,), densities, input_dtype=torch.long)
+    sparse = count_flops(b, (6,), input_dtype=torch.long)                  # compressed layers know their density
+    assert [r.name for r in sparse.rows] == [r.name for r in dense.rows]
+    assert "rnn.weight_hh_l1" in [r.name for r in sparse.rows]
+    for r, s in zip(dense.rows, sparse.rows):
+        assert s.dense == r.dense and s.sparse == pytest.approx(r.sparse) and s.density == pytest.approx(r.density)

@@ -202,6 +202,21 @@ def _count_rnn(m: nn.RNNBase, inputs, output, density: Callable[[Tensor], float]
     return rows
 
 
+def _count_sparse_rnn(m: nn.Module, inputs, output, density) -> List[Row]:
+    # a compressed LSTM/GRU (sparsetrain.sparse.SparseLSTM / SparseGRU): as _count_rnn, each
+    # matrix's density being its own nnz share
+    positions = _rnn_positions(inputs[0])
+    rows: List[Row] = []
+    for pname, layer in m.matrices().items():
+        n_out = positions * layer.out_features
+        rows.append((f".{pname}", layer.shape, layer.density, int(round(dot_flops(layer.in_features, n_out, m.bias))),
+                     dot_flops(layer.in_features * layer.density, n_out, m.bias)))
+    gates, extra = _RNN_GATES[m.mode]
+    n = positions * m.hidden_size * m.num_layers * (gates + extra)
+    rows.append((" (elementwise)", None, None, n, float(n)))
+    return rows
+
+
 _COUNTERS = (
     (_CONVS, _count_conv),
     ((nn.Linear,), _count_linear),
@@ -213,8 +228,11 @@ _COUNTERS = (
 
 def _counter_for(module: nn.Module):
     from .sparse.linear import SparseLinear  # lazy: the sparse backend imports this package's engine
+    from .sparse.rnn import SparseRNNBase
     if isinstance(module, SparseLinear):
         return _count_sparse_linear
+    if isinstance(module, SparseRNNBase):
+        return _count_sparse_rnn
     for types, fn in _COUNTERS:
         if isinstance(module, types):
             return fn

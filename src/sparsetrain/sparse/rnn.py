@@ -83,6 +83,11 @@ class SparseRNNBase(nn.Module):
         for name, b in zip(self.bias_names(), biases or ()):
             setattr(self, name, b if isinstance(b, nn.Parameter) else nn.Parameter(b.detach().clone()))
 
+    @property
+    def mode(self) -> str:
+        """``"LSTM"`` or ``"GRU"``, as torch's ``RNNBase.mode``."""
+        return self.dense_type.__name__
+
     def bias_names(self) -> List[str]:
         return [n.replace("weight", "bias") for n in matrix_names(self.num_layers)] if self.bias else []
 
