@@ -1,5 +1,6 @@
 """SparseLSTM / SparseGRU agree with nn.LSTM / nn.GRU, and the sparse engine trains RNNs like the
 masked-dense engine."""
+import copy
 import logging
 
 import pytest
@@ -345,3 +346,33 @@ def test_flops_of_a_compressed_rnn_equal_the_masked_dense_count():
     assert "rnn.weight_hh_l1" in [r.name for r in sparse.rows]
     for r, s in zip(dense.rows, sparse.rows):
         assert s.dense == r.dense and s.sparse == pytest.approx(r.sparse) and s.density == pytest.approx(r.density)
+
+
+def test_gmp_compresses_the_rnn_once_sparse_enough_and_resumes():
+    opts = dict(sparsity=0.9, distribution="erk", total_steps=12, seed=3, start=0, end=8, frequency=2)
+
+    def make(sparse=True):
+        m = lm()
+        o = torch.optim.SGD(m.parameters(), lr=0.2, momentum=0.9)
+        return m, o, (SparseEngine(m, o, "gmp", max_density=0.3, min_size=0, **opts) if sparse
+                      else SparsityEngine(m, o, "gmp", **opts))
+
+    (a, oa, ea), (b, ob, eb) = make(False), make()
+    assert type(b.rnn) is nn.LSTM and not eb.layers                   # density 1 at the start
+    data = token_batches(12)
+    lm_train(a, ea, oa, data[:9])
+    lm_train(b, eb, ob, data[:9])
+    assert isinstance(b.rnn, SparseLSTM) and "rnn.weight_hh_l1" in eb.layers
+    for name, layer in eb.layers.items():
+        assert torch.equal(layer.mask(), ea.masks[name])
+        assert torch.allclose(layer.dense_weight(), ea.param(name).detach(), atol=1e-10), name
+    state = copy.deepcopy({"model": b.state_dict(), "opt": ob.state_dict(), "engine": eb.state_dict()})
+    c, oc, ec = make()
+    assert set(ec.restore_structure(state["engine"])) == set(eb.layers)
+    c.load_state_dict(state["model"])
+    oc.load_state_dict(state["opt"])
+    ec.load_state_dict(state["engine"])
+    lm_train(b, eb, ob, data[9:])
+    lm_train(c, ec, oc, data[9:])
+    for (n, x), y in zip(b.named_parameters(), c.parameters()):
+        assert torch.equal(x, y), n
