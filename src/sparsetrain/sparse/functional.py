@@ -124,11 +124,12 @@ class _SequenceWeightGrad(torch.autograd.Function):
         pairs, seq.pairs = seq.pairs, []  # free them as soon as they are used
         if not pairs:
             return torch.zeros_like(seq.values), None
-        x, g = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        # gᵀ concatenated column-wise is row-major, as the sampled product wants it (no extra transpose copy)
+        x, g_t = torch.cat([p[0] for p in pairs]), torch.cat([p[1].T for p in pairs], dim=1)
         with record_function("sparse_rnn.grad_weight"):
-            grad_v = torch.sparse.sampled_addmm(seq.matrix, g.T, x, beta=0.0).values()
+            grad_v = torch.sparse.sampled_addmm(seq.matrix, g_t, x, beta=0.0).values()
         if seq.sink is not None:
-            seq.sink.append((x, g))
+            seq.sink.append((x, g_t.T))
         return grad_v, None
 
 
