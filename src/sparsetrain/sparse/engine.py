@@ -469,7 +469,7 @@ class SparseEngine(SparsityEngine):
 def _coo_mask(layer: SparseLinear) -> torch.Tensor:
     idx = torch.stack([row_ids(layer.crow_indices), layer.col_indices.long()])
     ones = torch.ones(layer.nnz, dtype=torch.bool, device=idx.device)
-    return torch.sparse_coo_tensor(idx, ones, layer.shape, is_coalesced=True)
+    return torch.sparse_coo_tensor(idx, ones, layer.shape, is_coalesced=True, check_invariants=False)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
