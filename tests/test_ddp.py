@@ -60,6 +60,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         result = {"rigl": _train("rigl", rank, 0), "set": _train("set", rank, rank)}
         if rank == 0:
             torch.save(result, out)
+        dist.barrier()  # no rank tears gloo down while its peer is still using it
     finally:
         dist.destroy_process_group()
 
