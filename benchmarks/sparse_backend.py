@@ -13,8 +13,10 @@ Protocol
   RigLScheduler (uniform: it keeps the first layer dense; its compute is dense anyway).
   "sparse" uses the automatic per-layer rule (density <= 0.1 and >= 65,536 weights: the 10-way
   output layers stay masked-dense) and caches Wᵀ's structure; "sparse-lean" compresses every
-  layer and rebuilds Wᵀ's structure in each backward pass (less memory, slower backward).
-* Timing: for each (model, sparsity) all four configurations live in ONE process and are run in
+  layer and rebuilds Wᵀ's structure in each backward pass (less memory, slower backward);
+  "sparse-sp" is the automatic rule on the sparseprop package's kernels (``kernel="sparseprop"``,
+  which need no Wᵀ structure; skipped when sparseprop is not installed).
+* Timing: for each (model, sparsity) all configurations live in ONE process and are run in
   interleaved rounds (each round runs every configuration for a few steps, in rotating order) so
   machine noise hits all of them alike; we report medians. ΔT = 10 during timing so update steps
   get sampled; "amortised" adds (update − regular)/100, the cost at the paper's ΔT = 100.
@@ -45,7 +47,7 @@ from torch.profiler import record_function
 
 MODELS = {"small": [784, 1024, 1024, 10], "wide": [1024, 4096, 4096, 4096, 10],
           "tiny": [784, 256, 256, 10]}  # tiny: warm-up only (loads kernels before the RSS baseline)
-BACKENDS = ("dense", "masked", "sparse", "sparse-lean", "rigl-torch")
+BACKENDS = ("dense", "masked", "sparse", "sparse-lean", "sparse-sp", "rigl-torch")
 BATCH, DELTA_T, PAPER_DELTA_T = 128, 10, 100
 
 
@@ -129,8 +131,10 @@ def build(model_name: str, sparsity: float, backend: str, opt_kind: str, x, y, d
         engine = SparsityEngine(model, opt, "rigl", **engine_args)
         return Runner(backend, model, opt, _engine_step(model, opt, engine, x, y), engine)
     if backend.startswith("sparse"):
-        # sparse: automatic policy, Wᵀ cached; sparse-lean: every layer compressed, Wᵀ rebuilt per step
-        lean = dict(min_size=0, cache_transpose=False) if backend == "sparse-lean" else {}
+        # sparse: automatic policy, Wᵀ cached; sparse-lean: every layer compressed, Wᵀ rebuilt per step;
+        # sparse-sp: automatic policy on sparseprop's kernels, which need no Wᵀ
+        lean = {"sparse-lean": dict(min_size=0, cache_transpose=False),
+                "sparse-sp": dict(cache_transpose=False, kernel="sparseprop")}.get(backend, {})
         engine = SparseEngine(model, opt, "rigl", **engine_args, **lean)
         return Runner(backend, model, engine.optimizer, _engine_step(model, engine.optimizer, engine, x, y), engine)
     from rigl_torch.RigL import RigLScheduler
@@ -323,6 +327,7 @@ def kernel_table(rounds: int, sizes=(1024, 4096), densities=(0.3, 0.2, 0.1, 0.05
     the whole layer step (forward + both gradients), dense vs CSR variants."""
     from sparsetrain.sparse import SparseLinear
     from sparsetrain.sparse.csr import csr_tensor, row_ids, transpose
+    from sparsetrain.sparse.functional import sparseprop_backend
     out = {}
     for n in sizes:
         for d in densities:
@@ -347,6 +352,10 @@ def kernel_table(rounds: int, sizes=(1024, 4096), densities=(0.3, 0.2, 0.1, 0.05
                 fns["dW csr gather (g[:,r]*x[:,c]).sum"] = lambda: (g.T[rows] * x.T[cols]).sum(1)
             fns["layer step dense"] = _layer_step(layer.to_linear(), x, g)
             fns["layer step csr"] = _layer_step(layer, x, g)
+            if sparseprop_backend() is not None:
+                sp = SparseLinear(n, n, layer.flat_indices(), layer.values.detach(), layer.bias.detach())
+                sp.kernel = "sparseprop"
+                fns["layer step sparseprop"] = _layer_step(sp, x, g)
             wait_for_idle(min_idle, timeout=120)
             out[f"{n}x{n}@{d}"] = _interleave(fns, rounds)
             print(f"{n}x{n}@{d}", json.dumps({k: round(v, 2) for k, v in out[f'{n}x{n}@{d}'].items()}), flush=True)
@@ -421,22 +430,23 @@ def markdown(results: dict) -> str:
 
 
 def _speed_md(r: dict) -> str:
-    rows = ["| model @ sparsity | dense | masked-dense | rigl-torch | sparse | sparse-lean | speed-up sparse "
-            "(amortised ΔT=100) | speed-up lean | dense infer | sparse infer | infer speed-up |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| model @ sparsity | dense | masked-dense | rigl-torch | sparse | sparse-lean | sparse-sp | speed-up sparse "
+            "(amortised ΔT=100) | speed-up lean | speed-up sp (amortised) | dense infer | sparse infer | infer speed-up |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, t in r["timing"].items():
         d = t["dense"]
         cell = lambda b: f"{t[b]['step_ms']:.1f} ms" if b in t else "–"  # noqa: E731
         ratio = lambda b, f="step_ms": f"{d[f] / t[b][f]:.1f}×" if b in t else "–"  # noqa: E731
         rows.append(f"| {key} | {d['step_ms']:.1f} ms | {cell('masked')} | {cell('rigl-torch')} | {cell('sparse')} | "
-                    f"{cell('sparse-lean')} | **{ratio('sparse')}** ({ratio('sparse', 'amortised_ms')}) | "
-                    f"{ratio('sparse-lean')} | {d['infer_ms']:.1f} ms | {t['sparse']['infer_ms']:.1f} ms | "
+                    f"{cell('sparse-lean')} | {cell('sparse-sp')} | **{ratio('sparse')}** ({ratio('sparse', 'amortised_ms')}) | "
+                    f"{ratio('sparse-lean')} | {ratio('sparse-sp')} ({ratio('sparse-sp', 'amortised_ms')}) | "
+                    f"{d['infer_ms']:.1f} ms | {t['sparse']['infer_ms']:.1f} ms | "
                     f"**{ratio('sparse', 'infer_ms')}** |")
-    upd = ["", "| model @ sparsity | update step (ΔT): masked-dense | rigl-torch | sparse | sparse-lean |",
-           "|---|---|---|---|---|"]
+    upd = ["", "| model @ sparsity | update step (ΔT): masked-dense | rigl-torch | sparse | sparse-lean | sparse-sp |",
+           "|---|---|---|---|---|---|"]
     for key, t in r["timing"].items():
         f = lambda b: f"{t[b]['update_step_ms']:.0f} ms" if t.get(b, {}).get("update_step_ms") else "–"  # noqa: E731
-        upd.append(f"| {key} | {f('masked')} | {f('rigl-torch')} | {f('sparse')} | {f('sparse-lean')} |")
+        upd.append(f"| {key} | {f('masked')} | {f('rigl-torch')} | {f('sparse')} | {f('sparse-lean')} | {f('sparse-sp')} |")
     return "\n".join(rows + upd)
 
 
@@ -520,6 +530,10 @@ def main(argv=None) -> None:
         wait_for_idle(args.min_idle, timeout=120)
         results["profile"][f"{m}@{s}/{b}"] = profile_step(m, s, b)
     backends = args.backends.split(",")
+    from sparsetrain.sparse.functional import sparseprop_backend
+    if "sparse-sp" in backends and sparseprop_backend() is None:
+        print("sparseprop is not installed (pip install 'sparsetrain[accel]'): skipping the sparse-sp backend")
+        backends.remove("sparse-sp")
     for m in args.models.split(","):
         for s in map(float, args.sparsities.split(",")):
             key = f"{m}@{s}"

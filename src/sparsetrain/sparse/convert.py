@@ -33,6 +33,18 @@ from .rnn import SPARSE_RNNS, SparseRNNBase, matrix_names, unsupported_reason
 log = logging.getLogger(__name__)
 
 BACKENDS = ("sparse", "dense")
+KERNELS = ("mkl", "sparseprop")
+
+
+def check_kernel(kernel: str) -> None:
+    """ConfigError unless ``kernel`` is known and its implementation importable."""
+    if kernel not in KERNELS:
+        raise ConfigError(f"unknown sparse kernel '{kernel}'; choose one of: {', '.join(KERNELS)}")
+    if kernel == "sparseprop":
+        from .functional import sparseprop_backend
+        if sparseprop_backend() is None:
+            raise ConfigError("kernel 'sparseprop' needs the sparseprop package: pip install "
+                              "'sparsetrain[accel]' (x86-64 Linux), or use kernel='mkl'")
 
 
 @dataclass(frozen=True)
@@ -51,14 +63,19 @@ class BackendPolicy:
             stays dense).
         cache_transpose: compressed layers keep Wᵀ's structure between steps (faster backward,
             8 more bytes per connection); see :class:`SparseLinear`.
+        kernel: "mkl" (torch's MKL CSR products, the default) or "sparseprop" (the AVX2 kernels
+            of the sparseprop package, ``pip install sparsetrain[accel]``: float32 only, needs no
+            Wᵀ structure; measured in docs/performance.md).
     """
 
     max_density: float = 0.1
     min_size: int = 1 << 16
     overrides: Mapping[str, str] = field(default_factory=dict)
     cache_transpose: bool = True
+    kernel: str = "mkl"
 
     def __post_init__(self):
+        check_kernel(self.kernel)
         bad = {p: b for p, b in self.overrides.items() if b not in BACKENDS}
         if bad:
             raise ConfigError(f"backend overrides {bad} are invalid; use 'sparse' or 'dense'")

@@ -95,22 +95,23 @@ class SparseEngine(SparsityEngine):
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
                  method: str = "rigl", *, max_density: float = 0.1, min_size: int = 1 << 16,
                  overrides: Optional[Mapping[str, str]] = None, cache_transpose: bool = True,
-                 block_elems: int = DEFAULT_BLOCK_ELEMS, **engine_options):
+                 block_elems: int = DEFAULT_BLOCK_ELEMS, kernel: str = "mkl", **engine_options):
+        policy = BackendPolicy(max_density, min_size, dict(overrides or {}), cache_transpose, kernel)
         super().__init__(model, optimizer, method, **engine_options)
         self.block_elems = int(block_elems)
-        self._compress(BackendPolicy(max_density, min_size, dict(overrides or {}), cache_transpose))
+        self._compress(policy)
 
     @classmethod
     def from_engine(cls, engine: SparsityEngine, *, max_density: float = 0.1, min_size: int = 1 << 16,
                     overrides: Optional[Mapping[str, str]] = None, cache_transpose: bool = True,
-                    block_elems: int = DEFAULT_BLOCK_ELEMS) -> "SparseEngine":
+                    block_elems: int = DEFAULT_BLOCK_ELEMS, kernel: str = "mkl") -> "SparseEngine":
         """Take over a masked-dense engine's state (masks, step, generator, method) and compress
         its eligible layers in its model and optimizer. Use the returned engine from then on."""
         new = cls.__new__(cls)
         new.__dict__.update(vars(engine))
         new.targets, new._by_name, new.masks = list(engine.targets), dict(engine._by_name), dict(engine.masks)
         new.block_elems = int(block_elems)
-        new._compress(BackendPolicy(max_density, min_size, dict(overrides or {}), cache_transpose))
+        new._compress(BackendPolicy(max_density, min_size, dict(overrides or {}), cache_transpose, kernel))
         return new
 
     @classmethod
@@ -190,6 +191,7 @@ class SparseEngine(SparsityEngine):
         """Make the freshly compressed ``new`` {weight name: layer} compressed targets of the engine."""
         for name, layer in new.items():
             layer.capture = [] if self._capturing() else None
+            layer.kernel = self.policy.kernel
             self._replace_target(_logical_target(name, module_name, layer.shape))
             self.masks[name] = layer.mask_view()
             self._multipliers.pop(name, None)

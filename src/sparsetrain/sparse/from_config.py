@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 SUPPORTED_METHODS = ("static", "set", "rigl", "snfs", "gmp")
 
 #: keyword arguments of SparseEngine that are backend options (the rest are the engine's own)
-BACKEND_OPTIONS = ("max_density", "min_size", "overrides", "cache_transpose", "block_elems")
+BACKEND_OPTIONS = ("max_density", "min_size", "overrides", "cache_transpose", "block_elems", "kernel")
 
 
 def build_sparse_engine(model: nn.Module, optimizer: Optional[torch.optim.Optimizer], method: str, *,

@@ -7,13 +7,20 @@ With W (out × in) stored as CSR values v at pattern P:
 * weight grad:  ∂L/∂v = ((∂L/∂y)ᵀ x)|_P    ``torch.sparse.sampled_addmm`` — only the nonzeros
 
 so every product costs O(nnz · batch). ``F.linear(x, W_csr)`` and dense × CSR products are
-several times slower on CPU (measured in docs/performance.md) and are avoided. Computing yᵀ
+several times slower on CPU (measured in docs/performance.md) and are avoided.
+
+With ``kernel="sparseprop"`` the three products run on the AVX2 kernels of the sparseprop
+package (Nikdan et al., "SparseProp: Efficient Sparse Backpropagation for Faster Training of
+Neural Networks", ICML 2023), which take the same int32 CSR arrays and need no Wᵀ structure;
+the engine's factor capture works the same way. Computing yᵀ
 rather than y makes the output a transposed view whose ``.T`` is contiguous, so the next layer's
 ``xᵀ`` costs no copy.
 """
 from __future__ import annotations
 
 from typing import Callable, List, NamedTuple, Optional, Tuple
+
+import functools
 
 import torch
 from torch.profiler import record_function
@@ -29,6 +36,7 @@ class Pattern(NamedTuple):
     crow: torch.Tensor
     col: torch.Tensor
     transposed: Callable[[torch.Tensor, torch.Tensor], Transposed]
+    kernel: str = "mkl"
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         return csr_tensor(self.crow, self.col, values, self.shape)
@@ -38,6 +46,37 @@ class Pattern(NamedTuple):
         return csr_tensor(t.crow, t.row, values[t.perm], (self.shape[1], self.shape[0]))
 
 
+@functools.lru_cache(maxsize=None)
+def sparseprop_backend():
+    """sparseprop's compiled module, or None when the package is not installed."""
+    try:
+        from sparseprop import backend
+    except ImportError:
+        return None
+    return backend
+
+
+def _sparseprop_args(pattern: Pattern, values: torch.Tensor, *tensors: torch.Tensor):
+    if values.dtype != torch.float32 or values.device.type != "cpu":
+        raise TypeError(f"the sparseprop kernel runs float32 on the CPU; this layer is {values.dtype} on "
+                        f"{values.device}: use kernel='mkl'")
+    return (pattern.crow, pattern.col, values.detach()) + tuple(t.detach().contiguous() for t in tensors)
+
+
+def _sparseprop_forward(x: torch.Tensor, values: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    crow, col, v, xt = _sparseprop_args(pattern, values, x.T)
+    out = x.new_zeros(pattern.shape[0], x.shape[0])
+    sparseprop_backend().sparse_linear_vectorized_forward(xt, crow, col, v, out)
+    return out.T
+
+
+def _sparseprop_backward(x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, pattern: Pattern):
+    crow, col, v, xt, gt = _sparseprop_args(pattern, values, x.T, grad.T)
+    grad_xt, grad_v = torch.zeros_like(xt), torch.zeros_like(v)
+    sparseprop_backend().sparse_linear_vectorized_backward(xt, crow, col, v, gt, grad_xt, grad_v)
+    return grad_xt.T, grad_v
+
+
 class SparseLinearFunction(torch.autograd.Function):
     """Autograd function of :func:`sparse_linear` (inputs are 2-D)."""
 
@@ -45,7 +84,10 @@ class SparseLinearFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor],
                 pattern: Pattern, sink: Optional[List]) -> torch.Tensor:
         with record_function("sparse_linear.forward"):
-            y = torch.sparse.mm(pattern.matrix(values), x.T).T
+            if pattern.kernel == "sparseprop":
+                y = _sparseprop_forward(x, values, pattern)
+            else:
+                y = torch.sparse.mm(pattern.matrix(values), x.T).T
             if bias is not None:
                 y = y + bias
         ctx.save_for_backward(x, values)
@@ -57,10 +99,15 @@ class SparseLinearFunction(torch.autograd.Function):
         x, values = ctx.saved_tensors
         pattern = ctx.pattern
         grad_x = grad_v = grad_b = None
-        if ctx.needs_input_grad[0]:
+        if pattern.kernel == "sparseprop" and any(ctx.needs_input_grad[:2]):
+            with record_function("sparse_linear.sparseprop_backward"):  # both gradients in one pass
+                grad_x, grad_v = _sparseprop_backward(x, values, grad, pattern)
+            grad_x = grad_x if ctx.needs_input_grad[0] else None
+            grad_v = grad_v if ctx.needs_input_grad[1] else None
+        elif ctx.needs_input_grad[0]:
             with record_function("sparse_linear.grad_input"):
                 grad_x = torch.sparse.mm(pattern.transposed_matrix(values), grad.T).T
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and pattern.kernel != "sparseprop":
             with record_function("sparse_linear.grad_weight"):
                 # beta=0: the pattern's own values are not added in, only the sampled product
                 grad_v = torch.sparse.sampled_addmm(pattern.matrix(values), grad.T, x, beta=0.0).values()

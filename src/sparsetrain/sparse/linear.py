@@ -42,6 +42,8 @@ class SparseLinear(nn.Module):
         self._transposed: Optional[Transposed] = None
         #: when a list, the backward pass appends (x, ∂L/∂y) to it (the engine's RigL capture)
         self.capture: Optional[List] = None
+        #: which implementation runs the products: "mkl" or "sparseprop" (see .functional)
+        self.kernel = "mkl"
         self._set_pattern(flat.to(self.values.device))
 
     # --- construction -------------------------------------------------------------------------
@@ -85,7 +87,7 @@ class SparseLinear(nn.Module):
         return flat_from_csr(self.crow_indices, self.col_indices, self.in_features)
 
     def pattern(self) -> Pattern:
-        return Pattern(self.shape, self.crow_indices, self.col_indices, self.transposed)
+        return Pattern(self.shape, self.crow_indices, self.col_indices, self.transposed, self.kernel)
 
     def transposed(self, crow: torch.Tensor, col: torch.Tensor) -> Transposed:
         """Wᵀ's CSR structure for the pattern (crow, col); built at first use (the first layer of
