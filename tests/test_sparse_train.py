@@ -137,6 +137,8 @@ def test_gmp_compresses_layers_during_the_run_and_resumes(tmp_path, capsys):
     (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"overrides": {"*": "csr"}}'],
      "use 'sparse' or 'dense'"),
     (["--set", "sparsity.backend=sparse", "--set", "sparsity.method=dense"], "trains without masks"),
+    (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"kernel": "cusparse"}'],
+     "unknown sparse kernel"),
 ])
 def test_bad_backend_settings_are_one_line_errors(tmp_path, capsys, extra, fragment):
     code, _, err = cli(["train", "--quiet", "--set", "train.steps=2", *extra, "--out-dir", str(tmp_path)], capsys)
