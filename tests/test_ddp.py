@@ -2,7 +2,7 @@
 same masks and weights for RigL and SET (RigL paper App. M: all-reduced gradients; masks broadcast
 from rank 0)."""
 import os
-import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -14,12 +14,6 @@ from sparsetrain import SparsityEngine
 
 WORLD = 2
 STEPS = 12
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _gather(t: torch.Tensor) -> list:
@@ -50,10 +44,10 @@ def _train(method: str, rank: int, engine_seed: int) -> dict:
             "changed": bool((mask != init).any()), "x": _gather(x)}
 
 
-def _worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    # a file store: no TCP port to race for with other processes on the machine
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         # RigL with one seed; SET with a different engine seed per rank, so only the broadcast
         # from rank 0 can keep its random growth in agreement
@@ -63,11 +57,16 @@ def _worker(rank: int, port: int, out: str) -> None:
         dist.barrier()  # no rank tears gloo down while its peer is still using it
     finally:
         dist.destroy_process_group()
+    # leave without the interpreter's teardown: a gloo thread destroyed there occasionally made
+    # a rank abort ("terminate called without an active exception") after all the work was done
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def test_masks_and_weights_agree_across_ranks(tmp_path):
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(str(tmp_path / "store"), out), nprocs=WORLD, join=True)
     result = torch.load(out)
     for method, r in result.items():
         assert not torch.equal(r["x"][0], r["x"][1]), method  # the ranks did see different data
