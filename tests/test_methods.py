@@ -177,10 +177,10 @@ def test_layer_statistic_by_hand():
     w = torch.tensor([[1.0, -2.0], [3.0, 0.0]])
     m = torch.tensor([[True, True], [False, False]])
     ema = torch.tensor([[0.5, -0.5], [9.0, 9.0]])
-    assert layer_statistic("magnitude", w, m, None) == 1.5
-    assert layer_statistic("nonzeros", w, m, None) == 2.0
-    assert layer_statistic("momentum", w, m, ema) == 0.5
-    assert layer_statistic("momentum", w, m, None) == 0.0
+    assert layer_statistic("magnitude", w[m], None) == 1.5
+    assert layer_statistic("nonzeros", w[m], None) == 2.0
+    assert layer_statistic("momentum", w[m], ema[m]) == 0.5
+    assert layer_statistic("momentum", w[m], None) == 0.0
 
 
 def train_counts(method, steps=24, **options):

@@ -71,7 +71,7 @@ class SparsityConfig:
     ``backend``: "masked" (dense weights times masks, every device) or "sparse" (CPU only: large
     Linear layers at low density are stored as CSR and trained with sparse kernels, see
     docs/performance.md); ``backend_options`` go to ``sparsetrain.sparse.SparseEngine``
-    (``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems``)."""
+    (``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems``, ``kernel``)."""
 
     method: str = "rigl"
     sparsity: float = 0.9

@@ -145,27 +145,26 @@ def dot_flops(length: float, n_outputs: int, bias: bool) -> float:
     return n_outputs * (length + max(length - 1.0, 0.0) + (1.0 if bias else 0.0))
 
 
-def _weighted_row(suffix: str, weight: Tensor, density: float, fan_in: int, n_out: int, bias: bool) -> Row:
+def _weighted_row(suffix: str, shape: Sequence[int], density: float, fan_in: int, n_out: int, bias: bool) -> Row:
     dense = int(round(dot_flops(fan_in, n_out, bias)))
-    return (suffix, tuple(weight.shape), density, dense, dot_flops(fan_in * density, n_out, bias))
+    return (suffix, tuple(shape), density, dense, dot_flops(fan_in * density, n_out, bias))
 
 
 def _count_conv(m: nn.Module, inputs, output: Tensor, density: Callable[[Tensor], float]) -> List[Row]:
     # One dot product per output element over a (c_in / groups) x kernel window.
     fan_in = (m.in_channels // m.groups) * math.prod(m.kernel_size)
-    return [_weighted_row("", m.weight, density(m.weight), fan_in, output.numel(), m.bias is not None)]
+    return [_weighted_row("", m.weight.shape, density(m.weight), fan_in, output.numel(), m.bias is not None)]
 
 
 def _count_linear(m: nn.Module, inputs, output: Tensor, density: Callable[[Tensor], float]) -> List[Row]:
     # Every leading position of the input gets its own mat-vec.
     n_out = output.numel()
-    return [_weighted_row("", m.weight, density(m.weight), m.in_features, n_out, m.bias is not None)]
+    return [_weighted_row("", m.weight.shape, density(m.weight), m.in_features, n_out, m.bias is not None)]
 
 
 def _count_sparse_linear(m: nn.Module, inputs, output: Tensor, density) -> List[Row]:
     # a compressed Linear (sparsetrain.sparse.SparseLinear): its density is its own nnz share
-    return [("", m.shape, m.density, int(round(dot_flops(m.in_features, output.numel(), m.bias is not None))),
-             dot_flops(m.in_features * m.density, output.numel(), m.bias is not None))]
+    return [_weighted_row("", m.shape, m.density, m.in_features, output.numel(), m.bias is not None)]
 
 
 def _count_relu(m: nn.Module, inputs, output: Tensor, density) -> List[Row]:
@@ -194,12 +193,16 @@ def _count_rnn(m: nn.RNNBase, inputs, output, density: Callable[[Tensor], float]
             kind, layer, rev = match.groups()
             has_bias = kind != "hr" and f"bias_{kind}_l{layer}{rev or ''}" in params
             n_out = positions * weight.shape[0]
-            rows.append(_weighted_row("." + pname, weight, density(weight), weight.shape[1], n_out, has_bias))
+            rows.append(_weighted_row("." + pname, weight.shape, density(weight), weight.shape[1], n_out, has_bias))
+    rows.append(_rnn_elementwise_row(m, positions, 2 if m.bidirectional else 1))
+    return rows
+
+
+def _rnn_elementwise_row(m: nn.Module, positions: int, directions: int) -> Row:
     gates, extra = _RNN_GATES[m.mode]
     per_unit = gates + extra  # the gate sums W_ih x + W_hh h, then the elementwise rule
-    n = positions * m.hidden_size * m.num_layers * (2 if m.bidirectional else 1) * per_unit
-    rows.append((" (elementwise)", None, None, n, float(n)))
-    return rows
+    n = positions * m.hidden_size * m.num_layers * directions * per_unit
+    return (" (elementwise)", None, None, n, float(n))
 
 
 def _count_sparse_rnn(m: nn.Module, inputs, output, density) -> List[Row]:
@@ -209,11 +212,8 @@ def _count_sparse_rnn(m: nn.Module, inputs, output, density) -> List[Row]:
     rows: List[Row] = []
     for pname, layer in m.matrices().items():
         n_out = positions * layer.out_features
-        rows.append((f".{pname}", layer.shape, layer.density, int(round(dot_flops(layer.in_features, n_out, m.bias))),
-                     dot_flops(layer.in_features * layer.density, n_out, m.bias)))
-    gates, extra = _RNN_GATES[m.mode]
-    n = positions * m.hidden_size * m.num_layers * (gates + extra)
-    rows.append((" (elementwise)", None, None, n, float(n)))
+        rows.append(_weighted_row(f".{pname}", layer.shape, layer.density, layer.in_features, n_out, m.bias))
+    rows.append(_rnn_elementwise_row(m, positions, 1))
     return rows
 
 

@@ -81,8 +81,8 @@ class SparseEngine(SparsityEngine):
     does, then compresses), from an existing engine (:meth:`from_engine`,
     :func:`use_sparse_backend`), or around a model built sparse from the start
     (:meth:`from_sparse_model`). Extra args: ``max_density``, ``min_size``, ``overrides`` (see
-    :class:`BackendPolicy`), ``cache_transpose`` (see :class:`SparseLinear`) and ``block_elems``
-    (memory bound of a growth step).
+    :class:`BackendPolicy`), ``cache_transpose`` (see :class:`SparseLinear`), ``kernel`` ("mkl" or
+    "sparseprop", see :class:`BackendPolicy`) and ``block_elems`` (memory bound of a growth step).
     ``layers`` maps weight names to the compressed layers; ``is_compressed(name)`` tells them apart;
     ``policy`` is re-applied after every topology update (dense-stored layers that became sparse
     enough are compressed). Methods that keep a dense per-weight statistic by definition (SNFS,
@@ -491,8 +491,8 @@ def use_sparse_backend(model: nn.Module, engine: SparsityEngine, **options) -> S
     Eligible Linear layers of ``model`` (that of ``engine``) are replaced in place by
     :class:`SparseLinear`, eligible nn.LSTM / nn.GRU by :class:`SparseLSTM` / :class:`SparseGRU`;
     ``engine.optimizer``'s parameter groups and state follow. Options:
-    ``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems`` (see
-    :class:`SparseEngine`).
+    ``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems``, ``kernel``
+    (see :class:`SparseEngine`).
     Call it after building the engine and optimizer, before the first step (or between steps).
     """
     if unwrap(model) is not engine.model:

@@ -52,7 +52,4 @@ def build_sparse_engine(model: nn.Module, optimizer: Optional[torch.optim.Optimi
         log.warning("sparsity.backend=sparse: no layer qualifies for compressed storage (each needs "
                     "density <= max_density and >= min_size weights, see docs/performance.md); every "
                     "layer trains masked-dense. Lower min_size or force layers with backend_options.overrides")
-    else:
-        log.info("sparse backend: compressed %s", ", ".join(f"{n} ({l.nnz} of {l.out_features * l.in_features})"
-                                                           for n, l in engine.layers.items()))
-    return engine
+    return engine  # the engine itself logs which layers it compressed

@@ -253,7 +253,7 @@ class DynamicMethod(Method):
     def _layer_statistic(self, engine: "SparsityEngine", name: str) -> float:
         # active entries only: a compressed layer's weight is its values vector, its mask CSR
         ema = self.ema.get(name)
-        return layer_statistic(self.options.redistribution, engine.active_values(name), None,
+        return layer_statistic(self.options.redistribution, engine.active_values(name),
                                None if ema is None else engine.active_values(name, ema))
 
     def state_dict(self) -> dict:

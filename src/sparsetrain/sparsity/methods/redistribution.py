@@ -10,21 +10,19 @@ import torch
 REDISTRIBUTIONS = ("none", "momentum", "magnitude", "nonzeros")
 
 
-def layer_statistic(kind: str, weight: torch.Tensor, mask: Optional[torch.Tensor],
-                    ema: Optional[torch.Tensor]) -> float:
+def layer_statistic(kind: str, active_weight: torch.Tensor, active_ema: Optional[torch.Tensor]) -> float:
     """Mean |momentum| (or |w|) over the layer's active weights, or its active count.
 
-    ``mask`` None: ``weight`` and ``ema`` already hold only the active entries (as
-    ``SparsityEngine.active_values`` returns them, for dense and compressed layers alike).
+    ``active_weight`` / ``active_ema`` hold only the active entries, as
+    ``SparsityEngine.active_values`` returns them for dense and compressed layers alike.
     """
-    n = weight.numel() if mask is None else int(mask.sum())
+    n = active_weight.numel()
     if kind == "nonzeros":
         return float(n)
-    src = ema if kind == "momentum" else weight
+    src = active_ema if kind == "momentum" else active_weight
     if src is None or n == 0:
         return 0.0
-    src = src.detach().abs()
-    return float((src if mask is None else src[mask]).mean())
+    return float(src.detach().abs().mean())
 
 
 def apportion(stats: Mapping[str, float], total: int, capacity: Mapping[str, int],
