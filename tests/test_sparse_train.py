@@ -139,6 +139,10 @@ def test_gmp_compresses_layers_during_the_run_and_resumes(tmp_path, capsys):
     (["--set", "sparsity.backend=sparse", "--set", "sparsity.method=dense"], "trains without masks"),
     (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"kernel": "cusparse"}'],
      "unknown sparse kernel"),
+    (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"min_size": "big"}'],
+     "sparsity.backend_options.min_size must be an integer"),
+    (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"cache_transpose": 1}'],
+     "sparsity.backend_options.cache_transpose must be true or false"),
 ])
 def test_bad_backend_settings_are_one_line_errors(tmp_path, capsys, extra, fragment):
     code, _, err = cli(["train", "--quiet", "--set", "train.steps=2", *extra, "--out-dir", str(tmp_path)], capsys)
@@ -158,5 +162,6 @@ def test_backend_is_hashed_only_when_set():
 def test_backend_options_are_engine_arguments():
     import inspect
     from sparsetrain.sparse.engine import SparseEngine
-    from sparsetrain.sparse.from_config import BACKEND_OPTIONS
+    from sparsetrain.sparse.from_config import BACKEND_OPTIONS, OPTION_TYPES
     assert set(BACKEND_OPTIONS) <= set(inspect.signature(SparseEngine.__init__).parameters)
+    assert set(OPTION_TYPES) == set(BACKEND_OPTIONS)

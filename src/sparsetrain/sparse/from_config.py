@@ -22,6 +22,11 @@ SUPPORTED_METHODS = ("static", "set", "rigl", "snfs", "gmp")
 
 #: keyword arguments of SparseEngine that are backend options (the rest are the engine's own)
 BACKEND_OPTIONS = ("max_density", "min_size", "overrides", "cache_transpose", "block_elems", "kernel")
+#: each option's accepted types and how to name them in an error
+OPTION_TYPES = {"max_density": ((int, float), "a number in [0, 1]"), "min_size": ((int,), "an integer"),
+                "overrides": ((Mapping,), "a table {weight-name pattern: 'sparse' | 'dense'}"),
+                "cache_transpose": ((bool,), "true or false"), "block_elems": ((int,), "an integer"),
+                "kernel": ((str,), "'mkl' or 'sparseprop'")}
 
 
 def build_sparse_engine(model: nn.Module, optimizer: Optional[torch.optim.Optimizer], method: str, *,
@@ -40,14 +45,11 @@ def build_sparse_engine(model: nn.Module, optimizer: Optional[torch.optim.Optimi
     unknown = sorted(set(backend_options) - set(BACKEND_OPTIONS))
     if unknown:
         raise ConfigError(f"unknown sparsity.backend_options {unknown}; valid: {', '.join(BACKEND_OPTIONS)}")
-    opts = dict(backend_options)
-    if "overrides" in opts and not isinstance(opts["overrides"], Mapping):
-        raise ConfigError("sparsity.backend_options.overrides must be a table {weight-name pattern: "
-                          "'sparse' | 'dense'}")
-    try:
-        engine = SparseEngine(model, optimizer, method, **opts, **engine_options)
-    except TypeError as e:  # a backend option of the wrong type
-        raise ConfigError(f"invalid sparsity.backend_options: {e}") from None
+    for key, value in backend_options.items():
+        types, what = OPTION_TYPES[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ConfigError(f"sparsity.backend_options.{key} must be {what}, got {value!r}")
+    engine = SparseEngine(model, optimizer, method, **backend_options, **engine_options)
     if not engine.layers:
         log.warning("sparsity.backend=sparse: no layer qualifies for compressed storage (each needs "
                     "density <= max_density and >= min_size weights, see docs/performance.md); every "
