@@ -53,19 +53,15 @@ def build_method(name: str, delta_t: int):
 def start_densities(model, method, sparsity: float, distribution: str, dense_first: Optional[bool],
                     dense_last: bool, erk_power: float) -> Dict[str, float]:
     """Exact per-tensor densities a run starts from (empty for engine-less methods)."""
-    from .sparsity.distributions import layer_densities
-    from .sparsity.masks import find_targets
-    from .sparsity.topk import count_active
+    from .sparsity.distributions import plan_densities
 
     if not getattr(method, "uses_masks", True):
         return {}
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")
-    if dense_first is None:
-        dense_first = distribution.lower() == "uniform"  # the engine's (and the paper's) rule
-    targets, _ = find_targets(model, dense_first=dense_first, dense_last=dense_last)
-    dens = layer_densities(distribution, {t.name: t.shape for t in targets}, sparsity, custom={}, power=erk_power)
-    return {t.name: count_active(t.param.numel(), dens[t.name]) / t.param.numel() for t in targets}
+    plan = plan_densities(model, sparsity, distribution, dense_first=dense_first, dense_last=dense_last,
+                          erk_power=erk_power)
+    return plan.exact_densities()
 
 
 def flops_summary(report: FlopsReport, method, multiplier: float) -> Dict[str, Any]:

@@ -7,12 +7,15 @@ donate parameters), which is the convention of the official RigL code.
 """
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 
 from ..errors import ConfigError
 from ..registry import DISTRIBUTIONS
-from .topk import count_zeros
+from .masks import Target, find_targets
+from .topk import count_active, count_zeros
 
 Shapes = Mapping[str, Tuple[int, ...]]
 Densities = Dict[str, float]
@@ -39,7 +42,7 @@ def _numel(shape: Sequence[int]) -> int:
 
 @DISTRIBUTIONS.register("uniform")
 def uniform(shapes: Shapes, sparsity: float, *, dense: Iterable[str] = (),
-            custom: Optional[Mapping[str, float]] = None, **_unused) -> Densities:
+            custom: Optional[Mapping[str, float]] = None) -> Densities:
     """Same sparsity in every layer not forced dense (first-layer rule is applied by the caller)."""
     custom = dict(custom or {})
     dense = set(dense)
@@ -91,8 +94,7 @@ def _scaled(shapes: Shapes, sparsity: float, dense: Iterable[str], custom: Mappi
 
 @DISTRIBUTIONS.register("erk")
 def erdos_renyi_kernel(shapes: Shapes, sparsity: float, *, dense: Iterable[str] = (),
-                       custom: Optional[Mapping[str, float]] = None, power: float = 1.0,
-                       **_unused) -> Densities:
+                       custom: Optional[Mapping[str, float]] = None, power: float = 1.0) -> Densities:
     """Erdős–Rényi-Kernel (Evci et al. 2020): density ∝ (Σ dims / Π dims)^power.
 
     ``power`` < 1 softens the allocation (0 gives uniform over the non-dense layers).
@@ -102,19 +104,76 @@ def erdos_renyi_kernel(shapes: Shapes, sparsity: float, *, dense: Iterable[str] 
 
 @DISTRIBUTIONS.register("er")
 def erdos_renyi(shapes: Shapes, sparsity: float, *, dense: Iterable[str] = (),
-                custom: Optional[Mapping[str, float]] = None, power: float = 1.0,
-                **_unused) -> Densities:
+                custom: Optional[Mapping[str, float]] = None, power: float = 1.0) -> Densities:
     """Erdős–Rényi (Mocanu et al. 2018): density ∝ ((n_in + n_out)/(n_in·n_out))^power."""
     return _scaled(shapes, sparsity, dense, custom or {}, lambda s: _er_score(s, False) ** power)
 
 
 @DISTRIBUTIONS.register("custom")
 def custom_map(shapes: Shapes, sparsity: float, *, dense: Iterable[str] = (),
-               custom: Optional[Mapping[str, float]] = None, **_unused) -> Densities:
+               custom: Optional[Mapping[str, float]] = None) -> Densities:
     """Explicit per-layer densities; unlisted layers get the global ``1 - sparsity``."""
     return uniform(shapes, sparsity, dense=dense, custom=custom)
 
 
 def layer_densities(name: str, shapes: Shapes, sparsity: float, **kwargs) -> Densities:
-    """Look up distribution ``name`` in the registry and apply it."""
-    return DISTRIBUTIONS.get(name)(shapes, sparsity, **kwargs)
+    """Look up distribution ``name`` in the registry and apply it. A keyword the distribution
+    does not take (a misspelling, or ``power`` for uniform) is a ConfigError, never ignored."""
+    fn = DISTRIBUTIONS.get(name)
+    params = inspect.signature(fn).parameters
+    unknown = sorted(k for k in kwargs if k not in params or k in ("shapes", "sparsity"))
+    if unknown:
+        valid = [k for k in params if k not in ("shapes", "sparsity")]
+        raise ConfigError(f"distribution '{name}' takes no option(s) {unknown}; it takes: {', '.join(valid)}")
+    return fn(shapes, sparsity, **kwargs)
+
+
+@dataclass(frozen=True)
+class DensityPlan:
+    """Where a run starts: which tensors are sparsified, which stay dense by the first/last-layer
+    rule, and each sparsified tensor's exact active count (``count_active`` of its density).
+
+    ``densities`` are the distribution's values; ``counts`` are what a mask really holds, and
+    ``exact_densities()`` their ratios (what FLOPs and Small-Dense use)."""
+
+    targets: Tuple[Target, ...]
+    kept_dense: Tuple[Target, ...]
+    densities: Dict[str, float]
+    counts: Dict[str, int]
+    dense_first: bool
+    dense_last: bool
+
+    def exact_densities(self) -> Dict[str, float]:
+        return {t.name: self.counts[t.name] / t.param.numel() for t in self.targets}
+
+    def zeros(self) -> int:
+        """Weights the plan removes (sum over sparsified tensors of numel − count)."""
+        return sum(t.param.numel() - self.counts[t.name] for t in self.targets)
+
+
+def default_dense_first(distribution: str) -> bool:
+    """The paper's rule: Uniform keeps the first layer dense; ER/ERK/custom do not."""
+    return str(distribution).lower() == "uniform"
+
+
+def plan_densities(model, sparsity: float, distribution: str = "erk", *, dense_first: Optional[bool] = None,
+                   dense_last: bool = False, include: Optional[Sequence[str]] = None,
+                   exclude: Optional[Sequence[str]] = None, custom: Optional[Mapping[str, float]] = None,
+                   erk_power: float = 1.0) -> DensityPlan:
+    """The one home of "targets -> per-layer densities -> exact counts" (engine, ``flops``, Small-Dense).
+
+    Works on a model on the meta device (only shapes are read). ``dense_first`` None applies
+    :func:`default_dense_first`. ``erk_power`` is passed to distributions that take a power
+    (ER/ERK); a value other than 1 for one that does not is a ConfigError."""
+    if dense_first is None:
+        dense_first = default_dense_first(distribution)
+    targets, kept = find_targets(model, include=list(include or ()) or None, exclude=list(exclude or ()) or None,
+                                 dense_first=dense_first, dense_last=dense_last)
+    kwargs: Dict[str, object] = {"custom": dict(custom or {})}
+    if "power" in inspect.signature(DISTRIBUTIONS.get(distribution)).parameters:
+        kwargs["power"] = erk_power
+    elif erk_power != 1.0:
+        raise ConfigError(f"erk_power applies to the er/erk distributions, not '{distribution}'; remove it")
+    dens = layer_densities(distribution, {t.name: t.shape for t in targets}, sparsity, **kwargs)
+    counts = {t.name: count_active(t.param.numel(), dens[t.name]) for t in targets}
+    return DensityPlan(tuple(targets), tuple(kept), dens, counts, dense_first, dense_last)

@@ -28,8 +28,8 @@ from torch import nn
 from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
-from .distributions import layer_densities
-from .masks import density_report, find_targets, unwrap
+from .distributions import plan_densities
+from .masks import density_report, unwrap
 from .topk import topk_mask
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,12 @@ class SparsityEngine:
         self.model, self.optimizer = unwrap(model), optimizer
         self.method = METHODS.get(method)(**method_options)
         self.total_steps, self.sync_masks = total_steps, sync_masks
-        if dense_first is None:
-            dense_first = str(distribution).lower() == "uniform"
-        self.targets, self.kept_dense = find_targets(self.model, include=include, exclude=exclude,
-                                                     dense_first=dense_first, dense_last=dense_last)
+        plan = plan_densities(self.model, sparsity, distribution, dense_first=dense_first, dense_last=dense_last,
+                              include=include, exclude=exclude, custom=custom, erk_power=erk_power)
+        dense_first = plan.dense_first
+        self.targets, self.kept_dense = list(plan.targets), list(plan.kept_dense)
         self._by_name = {t.name: t for t in self.targets}
-        self.densities = layer_densities(distribution, {t.name: t.shape for t in self.targets},
-                                         sparsity, custom=custom or {}, power=erk_power)
+        self.densities = dict(plan.densities)
         self.config = {"method": self.method.name, "sparsity": sparsity, "distribution": distribution,
                        "dense_first": dense_first, "dense_last": dense_last, "seed": seed}
         self.generator = torch.Generator().manual_seed(int(seed))

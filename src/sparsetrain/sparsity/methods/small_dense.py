@@ -13,9 +13,7 @@ import logging
 import torch
 
 from ...registry import METHODS
-from ..distributions import layer_densities
-from ..masks import find_targets
-from ..topk import count_active
+from ..distributions import plan_densities
 from .base import Method
 
 log = logging.getLogger(__name__)
@@ -29,12 +27,9 @@ def sparse_nonzeros(cfg, info) -> int:
     s, m = cfg.sparsity, cfg.model
     with torch.device("meta"):
         model = build_model(m.name, info, width=m.width, **m.options)
-    dense_first = s.distribution.lower() == "uniform" if s.dense_first is None else s.dense_first
-    targets, _ = find_targets(model, include=list(s.include) or None, exclude=list(s.exclude) or None,
-                              dense_first=dense_first, dense_last=s.dense_last)
-    dens = layer_densities(s.distribution, {t.name: t.shape for t in targets}, s.sparsity,
-                           custom=s.custom or {}, power=s.erk_power)
-    zeros = sum(t.param.numel() - count_active(t.param.numel(), dens[t.name]) for t in targets)
+    plan = plan_densities(model, s.sparsity, s.distribution, dense_first=s.dense_first, dense_last=s.dense_last,
+                          include=s.include, exclude=s.exclude, custom=s.custom, erk_power=s.erk_power)
+    zeros = plan.zeros()
     return count_parameters(model) - zeros
 
 
