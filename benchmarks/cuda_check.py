@@ -65,8 +65,10 @@ def engine_run(device, amp=None, steps=60, seed=0):
         before = {n: m.clone() for n, m in eng.masks.items()}
         if scaler is not None:
             scaler.scale(loss).backward()
-            eng.step_optimizer(lambda: scaler.step(opt))
-            scaler.update()
+            # the scaler's update needs a recorded inf check, so it follows only steps that ran
+            # (RigL skips the optimizer step on update iterations)
+            if eng.step_optimizer(lambda: scaler.step(opt)):
+                scaler.update()
         else:
             loss.backward()
             eng.step_optimizer()
