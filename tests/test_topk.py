@@ -100,3 +100,16 @@ def test_selection_equals_stable_sort_on_a_large_tied_tensor(k):
     ref = torch.zeros(10000, dtype=torch.bool)
     ref[idx[torch.sort(scores.reshape(-1)[idx], descending=True, stable=True).indices[:k_el]]] = True
     assert torch.equal(topk_mask(scores, k_el, eligible=eligible).reshape(-1), ref)
+
+
+@FAST
+@given(data=st.data(), scores=scores_st)
+def test_sort_and_selection_paths_choose_the_same_set(data, scores):
+    """The GPU path (stable sort) and the CPU path (selection) pick the same positions."""
+    from sparsetrain.sparsity.topk import _by_selection, _by_sort
+
+    values = torch.nan_to_num(torch.tensor(scores), nan=-float("inf"))
+    k = data.draw(st.integers(0, len(scores)))
+    chosen = [set(f(values, k).tolist()) if k else set() for f in (_by_selection, _by_sort)]
+    assert chosen[0] == chosen[1]
+    assert chosen[1] == {i for i, b in enumerate(brute_force(scores, k)) if b}
