@@ -190,6 +190,53 @@ def test_missing_data_dir_from_environment(monkeypatch, tmp_path):
         load_dataset("fashion_mnist")
 
 
+def _idx(magic, dims, payload):
+    head = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in dims)
+    return head + bytes(payload)
+
+
+def _write_mnist(root, n_images=3, labels=(1, 2, 3), image_magic=0x803, label_bytes=None):
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "t10k"):
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(_idx(image_magic, (n_images, 28, 28), [7] * (n_images * 784)))
+        data = label_bytes if label_bytes is not None else _idx(0x801, (len(labels),), labels)
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(data)
+
+
+def test_mnist_reader_on_tiny_idx_files(tmp_path):
+    _write_mnist(tmp_path)
+    splits = load_dataset("mnist", tmp_path)
+    assert len(splits.train) == 3 and splits.train.targets.tolist() == [1, 2, 3]
+    assert splits.train[0][0].shape == (1, 28, 28)
+
+
+@pytest.mark.parametrize("damage, words", [
+    (dict(image_magic=0x1234), "bad header"),
+    (dict(labels=(1, 2, 12)), "label 12"),
+    (dict(label_bytes=b""), "bad header"),
+    (dict(labels=(1, 2)), "2 labels but"),
+    (dict(label_bytes=_idx(0x801, (5,), [1, 2])), "truncated"),
+])
+def test_corrupt_mnist_files_are_data_errors(tmp_path, damage, words):
+    """Damaged IDX files (issue: bad magic, labels out of range, 0-byte labels, count mismatch)
+    give a DataError naming the file, never a traceback from the parser."""
+    _write_mnist(tmp_path, **damage)
+    with pytest.raises(DataError, match=words) as err:
+        load_dataset("mnist", tmp_path)
+    assert str(tmp_path / "MNIST" / "raw") in str(err.value)
+
+
+def test_non_utf8_corpus_is_a_data_error(tmp_path):
+    folder = tmp_path / "ptb"
+    folder.mkdir()
+    for split in ("train", "valid", "test"):
+        (folder / f"ptb.{split}.txt").write_text(" the cat sat \n")
+    (folder / "ptb.valid.txt").write_bytes(b" the \xff\xfe cat \n")
+    with pytest.raises(DataError, match="ptb.valid.txt is not UTF-8"):
+        load_dataset("ptb", tmp_path)
+
+
 # ---------------------------------------------------------------- PTB (real data)
 
 

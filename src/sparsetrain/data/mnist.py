@@ -11,6 +11,7 @@ model on a CPU. Here torchvision only downloads (when asked) and parses the IDX 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Optional, Tuple
@@ -69,16 +70,49 @@ class MnistLike:
         return ArrayDataset(x, labels.to(torch.int64))
 
     def _read(self, base: Path, train: bool, download: bool) -> Tuple[torch.Tensor, torch.Tensor]:
-        """uint8 images and labels via torchvision, after checking the files ourselves."""
-        if not download:
-            require_files(self.name, base / self.folder / "raw", RAW_FILES[train], downloadable=True)
-        tv_datasets = import_optional("torchvision.datasets")
-        try:
-            ds = getattr(tv_datasets, self.folder)(str(base), train=train, download=download)
-        except (RuntimeError, OSError) as exc:  # download failure or corrupt files
-            raise DataError(f"{self.name}: could not load from {base / self.folder}: {exc}. "
-                            "Check the files or delete them and use download=True when online.") from exc
-        return ds.data, ds.targets
+        """uint8 images and labels. torchvision only downloads (when asked); the IDX files are
+        parsed and checked here, so a damaged file is a DataError naming it, not a traceback."""
+        raw = base / self.folder / "raw"
+        if download:
+            tv_datasets = import_optional("torchvision.datasets")
+            try:
+                getattr(tv_datasets, self.folder)(str(base), train=train, download=True)
+            except (RuntimeError, OSError) as exc:
+                raise DataError(f"{self.name}: could not download to {base / self.folder}: {exc}; "
+                                "check the connection or place the files there by hand") from exc
+        require_files(self.name, raw, RAW_FILES[train], downloadable=True)
+        image_file, label_file = (raw / n for n in RAW_FILES[train])
+        images = read_idx(image_file, IMAGE_MAGIC, (28, 28), self.name)
+        labels = read_idx(label_file, LABEL_MAGIC, (), self.name)
+        if len(labels) != len(images):
+            raise DataError(f"{self.name}: {label_file} holds {len(labels)} labels but {image_file} holds "
+                            f"{len(images)} images; the files do not belong together: {FIX}")
+        if len(labels) and int(labels.max()) >= 10:
+            raise DataError(f"{self.name}: {label_file} has label {int(labels.max())}, outside 0..9; {FIX}")
+        return images, labels
+
+
+#: IDX magic numbers (LeCun et al.'s format: two zero bytes, type 0x08 = uint8, number of dims)
+IMAGE_MAGIC, LABEL_MAGIC = 0x00000803, 0x00000801
+FIX = "delete the file and download it again (download=True), or restore it from a good copy"
+
+
+def read_idx(path: Path, magic: int, item_shape: Tuple[int, ...], dataset: str) -> torch.Tensor:
+    """A uint8 IDX file as an (N, *item_shape) tensor, after checking its header and size."""
+    data = path.read_bytes()
+    n_dims = 1 + len(item_shape)
+    header = 4 + 4 * n_dims
+    if len(data) < header or int.from_bytes(data[:4], "big") != magic:
+        raise DataError(f"{dataset}: {path} is not an IDX file of the expected kind (bad header, "
+                        f"{len(data)} bytes); {FIX}")
+    dims = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(n_dims))
+    if dims[1:] != item_shape:
+        raise DataError(f"{dataset}: {path} holds items of shape {dims[1:]}, expected {item_shape}; {FIX}")
+    count = dims[0] * math.prod(item_shape)
+    if len(data) - header != count:
+        raise DataError(f"{dataset}: {path} has {len(data) - header} bytes of data, its header announces "
+                        f"{count}: the file is truncated or damaged; {FIX}")
+    return torch.frombuffer(bytearray(data[header:]), dtype=torch.uint8).reshape(dims)
 
 
 DATASETS.register("mnist")(MnistLike("mnist", "MNIST", 0.1307, 0.3081))

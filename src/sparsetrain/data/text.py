@@ -90,9 +90,13 @@ def encode_file(path: Path, tokenize: Callable[[str], List[str]], vocab: Dict[st
     """Token ids of a whole file; with ``grow`` new tokens get the next free id (first appearance)."""
     ids = array("q")
     lookup = (lambda tok: vocab.setdefault(tok, len(vocab))) if grow else _lookup_or_unk(vocab, path)
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            ids.extend(map(lookup, tokenize(line)))
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                ids.extend(map(lookup, tokenize(line)))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason}); restore the corpus "
+                        "file from a good copy") from None
     return torch.frombuffer(ids, dtype=torch.int64).clone() if ids else torch.zeros(0, dtype=torch.int64)
 
 
