@@ -14,6 +14,7 @@ import torch
 
 from ...registry import METHODS
 from ..distributions import plan_densities
+from ..run import RunHooks
 from .base import Method
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ def sparse_nonzeros(cfg, info) -> int:
 
 
 @METHODS.register("small_dense")
-class SmallDense(Method):
+class SmallDense(RunHooks, Method):
     """Dense training of the width-scaled model (Evci et al. 2020, Small-Dense). No masks: the
     Trainer builds the model at the width found by :meth:`adjust_config`."""
 
@@ -53,6 +54,3 @@ class SmallDense(Method):
 
     def init_masks(self, engine):
         return {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in engine.targets}
-
-    def ticket_step(self, engine):
-        return None
