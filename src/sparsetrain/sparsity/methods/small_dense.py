@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +17,9 @@ from ...registry import METHODS
 from ..distributions import plan_densities
 from ..run import RunHooks
 from .base import Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
 
 log = logging.getLogger(__name__)
 
@@ -52,5 +56,5 @@ class SmallDense(RunHooks, Method):
         log.info("small_dense: width %.4f for %d parameters (the sparse model's nonzeros)", width, target)
         return dataclasses.replace(cfg, model=dataclasses.replace(m, width=width))
 
-    def init_masks(self, engine):
+    def init_masks(self, engine: "SparsityEngine"):
         return {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in engine.targets}
