@@ -24,7 +24,7 @@ import torch
 
 from sparsetrain.config import load_config
 from sparsetrain.experiments.sanity import sanity
-from sparsetrain.train.runner import run_dir_for, train_run
+from sparsetrain.experiments.run_store import run_dir_for, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ IMP rounds (density of the sparsified layers, test accuracy after the round's tr
 
 ## How the methods run here
 
-- **Phases.** Multi-phase methods declare phases (`sparsetrain/train/phases.py`); the Trainer
+- **Phases.** Multi-phase methods declare phases (`sparsetrain/sparsity/run.py`); the Trainer
   runs the unchanged train loop once per phase with a fresh optimizer and LR schedule, the
   checkpoint records the phase and every metrics.jsonl row its name (`round3`, `mine`, ...).
 - **SNIP / GraSP / SynFlow** prune before step 0 (SNIP, GraSP: on the first training batch, which

@@ -249,7 +249,7 @@ def calibrate(cfg, steps: int = 300) -> float:
 
     import torch
     from sparsetrain.config import load_config
-    from sparsetrain.train.runner import train_run
+    from sparsetrain.experiments.run_store import train_run
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

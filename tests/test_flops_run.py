@@ -15,10 +15,11 @@ from torch import nn
 
 from sparsetrain.cli import main
 from sparsetrain.config import load_config
+from sparsetrain.experiments.run_store import run_dir_for
 from sparsetrain.flops import count_flops, training_flops_rigl
 from sparsetrain.registry import METHODS
 from sparsetrain.sparsity.engine import SparsityEngine
-from sparsetrain.train.runner import Trainer
+from sparsetrain.train.trainer import Trainer
 
 F_D_MLP = 100800
 
@@ -63,6 +64,10 @@ def test_uses_dense_grad_follows_the_update_schedule():
 
 
 # --- tracked during real runs ---------------------------------------------------------------------
+def _trainer(cfg):
+    return Trainer(cfg, run_dir_for(cfg))
+
+
 def run_config(tmp: Path, method_name: str, steps: int, **options):
     sets = ["data.name=digits", "model.name=mlp", f"sparsity.method={method_name}", "sparsity.sparsity=0.8",
             f"train.steps={steps}", "train.device=cpu", "train.progress=off", "data.batch_size=32",
@@ -84,7 +89,7 @@ def check_summary_consistent(summary: dict, steps: int, batch: int = 32) -> None
 
 
 def test_static_run_tracks_its_formula(tmp_path):
-    summary = Trainer(run_config(tmp_path, "static", 60)).run()
+    summary = _trainer(run_config(tmp_path, "static", 60)).run()
     check_summary_consistent(summary, 60)
     f_s = summary["inference_flops"]
     assert f_s < 0.5 * F_D_MLP
@@ -99,7 +104,7 @@ def rigl_run(tmp_path_factory):
     # exactly the paper's "one dense gradient per ΔT + 1 steps"
     tmp = tmp_path_factory.mktemp("rigl")
     cfg = run_config(tmp, "rigl", 330, delta_t=10, end=301)
-    return cfg, Trainer(cfg).run()
+    return cfg, _trainer(cfg).run()
 
 
 def test_rigl_run_tracks_its_formula(rigl_run):
@@ -119,11 +124,11 @@ def test_rigl_run_tracks_its_formula(rigl_run):
 def test_resumed_run_reports_the_same_flops(rigl_run, tmp_path):
     cfg, full = rigl_run
     cfg = run_config(tmp_path, "rigl", 330, delta_t=10, end=301)
-    first = Trainer(cfg)
+    first = _trainer(cfg)
     first.total = 155  # stop early, as an interruption would, with a checkpoint at step 155
-    first.run()
-    (first.run_dir / "summary.json").unlink()
-    resumed = Trainer(cfg).run()
+    first.run()  # the Trainer leaves summary.json to the run store: the directory stays unfinished
+    assert not (first.run_dir / "summary.json").exists()
+    resumed = _trainer(cfg).run()
     for key in ("train_flops", "train_flops_per_example", "train_flops_dense_grad_steps", "inference_flops"):
         assert resumed[key] == pytest.approx(full[key], rel=1e-12), key
 
@@ -132,7 +137,7 @@ def test_dense_run_costs_three_dense_forwards(tmp_path):
     cfg = load_config(overrides=("data.name=digits", "model.name=mlp", "sparsity.method=dense",
                                  "train.steps=5", "train.device=cpu", "train.progress=off",
                                  "train.multiplier=2", f"out_dir={tmp_path}"))
-    summary = Trainer(cfg).run()
+    summary = _trainer(cfg).run()
     assert summary["inference_flops"] == F_D_MLP and summary["inference_flops_ratio"] == 1.0
     assert summary["train_flops_per_example"] == 3 * F_D_MLP
     # 2x extended training: twice the FLOPs of the 1x dense run

@@ -12,10 +12,11 @@ import torch
 from sparsetrain.cli import main
 from sparsetrain.config import load_config, run_hash
 from sparsetrain.errors import CheckpointError, ConfigError
-from sparsetrain.experiments.init_from import init_from_run
+from sparsetrain.train.init_from import init_from_run
 from sparsetrain.experiments.landscape import interpolate, interpolate_state, write_landscape
 from sparsetrain.train.checkpoint import load_checkpoint
-from sparsetrain.train.runner import Trainer, run_dir_for, train_run
+from sparsetrain.experiments.run_store import run_dir_for, train_run
+from sparsetrain.train.trainer import Trainer
 
 BASE = ("train.steps=20", "train.eval_every=10", "train.progress=off", "data.batch_size=64",
         'sparsity.options={"delta_t": 5}')
@@ -77,7 +78,7 @@ def test_init_from_copies_weights_and_masks(two_runs, tmp_path):
     source = two_runs[0]
     cfg = _cfg(tmp_path, "seed=5", f"train.init_from={source}")
     assert run_hash(cfg) != run_hash(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=None)))
-    t = Trainer(cfg)
+    t = Trainer(cfg, run_dir_for(cfg))
     ck = load_checkpoint(source / "checkpoint.pt")
     assert any(not torch.equal(t.engine.masks[n], m) for n, m in ck["engine"]["masks"].items())  # seed 5 differs
     init_from_run(t.model, t.engine, source)
@@ -86,7 +87,8 @@ def test_init_from_copies_weights_and_masks(two_runs, tmp_path):
     for n, w in ck["model"].items():
         assert torch.equal(t.model.state_dict()[n], w)
     # a run of another width cannot start from it
-    narrow = Trainer(_cfg(tmp_path, "model.width=0.5"))
+    narrow_cfg = _cfg(tmp_path, "model.width=0.5")
+    narrow = Trainer(narrow_cfg, run_dir_for(narrow_cfg))
     with pytest.raises(CheckpointError, match="does not fit"):
         init_from_run(narrow.model, narrow.engine, source)
     with pytest.raises(CheckpointError, match="not a directory"):

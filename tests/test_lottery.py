@@ -1,5 +1,5 @@
 """Lottery-ticket methods: IMP rounds, Gem-Miner, edge-popup, the phase mechanism, time-to-ticket
-and the sanity checks (sparsity/methods/{imp,gem_miner,edge_popup,mining}.py, train/phases.py,
+and the sanity checks (sparsity/methods/{imp,gem_miner,edge_popup,mining}.py, sparsity/run.py, train/phases.py,
 experiments/sanity.py)."""
 import json
 
@@ -15,7 +15,7 @@ from sparsetrain.sparsity.methods.gem_miner import GemMask, freeze_rate, freeze_
 from sparsetrain.sparsity.methods.imp import level_counts, magnitude_prune
 from sparsetrain.sparsity.distributions import layer_densities
 from sparsetrain.sparsity.topk import count_active
-from sparsetrain.train.runner import Trainer
+from sparsetrain.train.trainer import Trainer
 
 # digits: 1437 training examples; at batch 256 an epoch is 5 steps. MLP 64-300-100-10.
 BASE = ("model.name=mlp", "data.batch_size=256", "train.progress=off", "optim.lr=0.05")

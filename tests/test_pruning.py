@@ -254,11 +254,12 @@ def test_small_dense_flops_are_relative_to_the_full_dense_model(tmp_path):
     """The narrowed model's cost is reported against the configured (full-width) dense model."""
     from sparsetrain.config import load_config
     from sparsetrain.flops import count_flops
-    from sparsetrain.train.runner import Trainer
+    from sparsetrain.experiments.run_store import run_dir_for
+    from sparsetrain.train.trainer import Trainer
 
     cfg = load_config(overrides=("model.name=lenet300", "sparsity.method=small_dense", "sparsity.sparsity=0.9",
                                  "train.steps=3", "train.progress=off", f"out_dir={tmp_path}"))
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, run_dir_for(cfg))
     summary = trainer.run()
     full = count_flops(build_model("lenet300", trainer.info), (1, 8, 8)).dense
     narrow = count_flops(trainer.model, (1, 8, 8)).dense

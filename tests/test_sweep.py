@@ -13,7 +13,8 @@ from sparsetrain.config import load_config
 from sparsetrain.errors import ConfigError
 from sparsetrain.experiments.sweep import (SweepSpec, build_spec, check_runnable, expand, grid_points,
                                            parse_grid_flag, read_sweep_file, run_status, run_sweep)
-from sparsetrain.train import runner
+from sparsetrain.experiments.run_store import run_dir_for
+from sparsetrain.train import trainer
 from sparsetrain.train.callbacks import Callback
 from helpers import run_cli as cli
 
@@ -117,18 +118,18 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monk
     base = {**TINY, "train": {**TINY["train"], "checkpoint_every": 5}}
     part = load_config(base={**base, "out_dir": str(tmp_path / "a")})
     whole = load_config(base={**base, "out_dir": str(tmp_path / "b")})
-    real_loop = runner.train_loop
+    real_loop = trainer.train_loop
 
     def interrupted(state):
         state.callbacks.append(_Interrupt(12))
         return real_loop(state)
 
-    monkeypatch.setattr(runner, "train_loop", interrupted)
+    monkeypatch.setattr(trainer, "train_loop", interrupted)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the workers below also get one thread: identical reductions
     try:
         with pytest.raises(KeyboardInterrupt):
-            runner.Trainer(part).run()
+            trainer.Trainer(part, run_dir_for(part)).run()
     finally:
         torch.set_num_threads(threads)
     monkeypatch.undo()
@@ -137,7 +138,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(tmp_path, monk
     assert result.counts == {"done": 2, "skipped": 0, "failed": 0}
     by_dir = {Path(o.run_dir).parent.name: o for o in result.outcomes}
     assert by_dir["a"].resumed and not by_dir["b"].resumed
-    a, b = (runner.run_dir_for(c) for c in (part, whole))
+    a, b = (run_dir_for(c) for c in (part, whole))
     sa, sb = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     assert sa["steps"] == sb["steps"] == 20
     assert sa["final"] == sb["final"]

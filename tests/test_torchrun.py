@@ -10,7 +10,7 @@ import pytest
 import torch.distributed as dist
 
 from sparsetrain.train.checkpoint import load_checkpoint
-from sparsetrain.train.runner import mask_digest
+from sparsetrain.train.distributed import mask_digest
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")

@@ -13,7 +13,7 @@ from torch import nn
 
 from sparsetrain.config import load_config
 from sparsetrain.data.base import DataInfo
-from sparsetrain.errors import ConfigError
+from sparsetrain.errors import ConfigError, TrainingError
 from sparsetrain.models import MODELS, build_model
 from sparsetrain.sparsity.engine import SparsityEngine
 from sparsetrain.sparsity.topk import count_active
@@ -22,7 +22,8 @@ from sparsetrain.train.checkpoint import load_checkpoint
 from sparsetrain.train.evaluate import evaluate, task_loss
 from sparsetrain.train.loop import LoopState, _optimizer_step
 from sparsetrain.train.lr import lr_factor
-from sparsetrain.train.runner import Trainer, build_optimizer
+from sparsetrain.train.runner import build_optimizer
+from sparsetrain.train.trainer import Trainer
 from helpers import run_cli as cli
 
 
@@ -179,7 +180,7 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path, capsys)
 def test_amp_on_cpu_is_a_config_error(tmp_path):
     cfg = load_config(overrides=("train.amp=true", "train.device=cpu", f"out_dir={tmp_path}"))
     with pytest.raises(ConfigError, match="CUDA"):
-        Trainer(cfg)
+        Trainer(cfg, tmp_path / "run")
     assert not any(tmp_path.iterdir())
 
 
@@ -239,19 +240,49 @@ def test_language_model_run_with_adam_reports_perplexity(tmp_path, capsys):
     assert summary["best"]["test_perplexity"] == min(r["test_perplexity"] for r in records)
 
 
-def test_threads_automatic_for_small_models_and_explicit_otherwise():
-    from sparsetrain.train.runner import configure_threads
+def test_threads_automatic_rule_is_the_callers_and_explicit_wins():
+    from sparsetrain.train.threads import default_threads, threads_for
 
+    small = load_config(overrides=("train.device=cpu",))  # the default MLP on digits: far below 1M parameters
+    assert threads_for(small) == 1
+    big = load_config(overrides=("model.name=resnet18", "data.name=cifar10", "train.device=cpu"))  # ~11M
+    assert threads_for(big) == 0  # left to the process (or the sweep worker)
+    assert threads_for(load_config(overrides=("train.threads=3",))) == 3
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        configure_threads(0, torch.nn.Linear(10, 10))  # tiny model: one thread
-        assert torch.get_num_threads() == 1
-        torch.set_num_threads(2)
-        configure_threads(0, torch.nn.Linear(2000, 1000))  # 2M parameters: left alone
+        with default_threads(small):
+            assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        configure_threads(3, torch.nn.Linear(10, 10))  # explicit wins
-        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_run_sets_threads_only_when_asked_and_restores_them(tmp_path, monkeypatch):
+    from sparsetrain.experiments.run_store import train_run
+    from sparsetrain.train import trainer as trainer_module
+
+    seen, real_loop = [], trainer_module.train_loop
+
+    def spying_loop(state):
+        seen.append(torch.get_num_threads())
+        return real_loop(state)
+
+    monkeypatch.setattr(trainer_module, "train_loop", spying_loop)
+    before = torch.get_num_threads()
+
+    def run(name, *overrides):
+        train_run(load_config(overrides=("train.steps=3", f"out_dir={tmp_path / name}", *overrides)))
+
+    try:
+        torch.set_num_threads(1)
+        run("a", "train.threads=2")
+        assert seen == [2] and torch.get_num_threads() == 1  # put back after the run
+        run("b", "train.threads=0")
+        assert seen == [2, 1] and torch.get_num_threads() == 1  # 0: the process's setting, untouched
+        with pytest.raises(TrainingError):
+            run("c", "train.threads=2", "optim.lr=1e30")
+        assert seen[-1] == 2 and torch.get_num_threads() == 1  # restored on error too
     finally:
         torch.set_num_threads(before)
 

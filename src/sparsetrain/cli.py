@@ -62,7 +62,7 @@ def _shortcuts(args) -> List[str]:
 @command("train")
 def cmd_train(args) -> int:
     from .config import load_config, to_dict
-    from .train.runner import load_run_config, train_run
+    from .experiments.run_store import default_threads, load_run_config, train_run
     from pathlib import Path
 
     overrides = tuple(args.overrides) + tuple(_shortcuts(args))
@@ -71,10 +71,11 @@ def cmd_train(args) -> int:
             return _fail("--resume takes the config saved in the run directory; drop --config/--set")
         saved = load_run_config(Path(args.resume))
         allowed = [o for o in overrides if o.split("=")[0] in ("train.device", "train.progress", "data.root")]
-        cfg = load_config(overrides=tuple(allowed), base=to_dict(saved))
-        summary = train_run(cfg, Path(args.resume))
+        cfg, run_dir = load_config(overrides=tuple(allowed), base=to_dict(saved)), Path(args.resume)
     else:
-        summary = train_run(load_config(args.config, overrides))
+        cfg, run_dir = load_config(args.config, overrides), None
+    with default_threads(cfg):  # train.threads = 0: the CLI's automatic choice (one thread for small models)
+        summary = train_run(cfg, run_dir)
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         _print_summary(summary)
     return 0

@@ -55,7 +55,7 @@ def start_densities(model, method, sparsity: float, distribution: str, dense_fir
     """Exact per-tensor densities a run starts from (empty for engine-less methods)."""
     from .sparsity.distributions import plan_densities
 
-    if not getattr(method, "uses_masks", True):
+    if not method.uses_masks:
         return {}
     if not 0.0 <= sparsity < 1.0:
         raise ConfigError(f"--sparsity must be in [0, 1), got {sparsity}")

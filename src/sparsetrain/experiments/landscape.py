@@ -49,7 +49,7 @@ def interpolate_state(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tenso
 
 def _load_run(run_dir: Path):
     from ..train.checkpoint import load_checkpoint
-    from ..train.runner import load_run_config
+    from .run_store import load_run_config
 
     cfg = load_run_config(run_dir)
     ck = load_checkpoint(run_dir / "checkpoint.pt", map_location="cpu")
@@ -88,10 +88,10 @@ def _eval_sets(cfg: RunConfig, train_examples: int):
 def _model_config(cfg: RunConfig, info):
     """The model config the run was trained with (a method may adjust it, e.g. Small-Dense's width)."""
     from ..registry import METHODS
-    from .. import sparsity  # noqa: F401  (registers the built-in methods)
+    from ..sparsity import methods  # noqa: F401  (registers the built-in methods)
+    from ..sparsity.run import adjusted_config
 
-    adjust = getattr(METHODS.get(cfg.sparsity.method), "adjust_config", None)
-    return adjust(cfg, info).model if adjust is not None else cfg.model
+    return adjusted_config(METHODS.get(cfg.sparsity.method), cfg, info).model
 
 
 def _device(name: Optional[str]) -> torch.device:
@@ -171,7 +171,7 @@ def paper_experiment(cfg: RunConfig, out: str | Path, points: int = 21, train_ex
     from the Static solution for the same length, then write the interpolation between them to
     ``out`` (PNG + JSON).
     Both runs are ordinary (idempotent) run directories under ``cfg.out_dir``."""
-    from ..train.runner import run_dir_for, train_run
+    from .run_store import run_dir_for, train_run
 
     static = dataclasses.replace(cfg, sparsity=dataclasses.replace(cfg.sparsity, method="static", options={}))
     train_run(static)

@@ -98,10 +98,12 @@ def variant(check: str, ticket: dict, cfg, info) -> Tuple[Masks, Optional[dict]]
 
 def retrain(cfg, run_dir: Path, masks: Masks, weights: Optional[dict]) -> dict:
     """Train ``masks`` (from ``weights``, or the seeded init) as a static sparse run in ``run_dir``."""
-    from ..train.runner import Trainer
+    from ..train.trainer import Trainer
+    from .run_store import finished_summary, run_trainer
 
-    if (run_dir / "summary.json").exists():
-        return json.loads((run_dir / "summary.json").read_text())
+    done = finished_summary(run_dir)
+    if done is not None:
+        return done
     static = dataclasses.replace(cfg, sparsity=dataclasses.replace(cfg.sparsity, method="static", options={}),
                                  train=dataclasses.replace(cfg.train, init_from=None))
     tr = Trainer(static, run_dir)
@@ -109,7 +111,7 @@ def retrain(cfg, run_dir: Path, masks: Masks, weights: Optional[dict]) -> dict:
         if weights is not None:
             tr.model.load_state_dict(weights)
         tr.engine.set_masks(masks, reason="sanity")
-    return tr.run()
+    return run_trainer(tr)
 
 
 def _accuracy(summary: dict) -> Optional[float]:
@@ -120,7 +122,7 @@ def sanity(run_dir: Path, checks: Sequence[str] = DEFAULT_CHECKS, overrides: Seq
     """Run the checks on a finished run; returns (and writes to ``sanity.json``) every accuracy."""
     from ..config import load_config, to_dict
     from ..data import dataset_info
-    from ..train.runner import load_run_config
+    from .run_store import load_run_config
 
     run_dir = Path(run_dir)
     unknown = sorted(set(checks) - set(CHECKS))

@@ -9,10 +9,12 @@ A sweep file is an ordinary config file (TOML/YAML/JSON) with two optional extra
   a variant's keys override grid axes, and points that end up identical run once.
 
 Every point is validated (config keys and types, method options, model and dataset names) before
-the first run starts. Runs go through :func:`sparsetrain.train.runner.train_run`, so a sweep is
+the first run starts. Runs go through :func:`sparsetrain.experiments.run_store.train_run`, so a sweep is
 idempotent: finished runs (``summary.json``) are skipped and interrupted ones resume from
 ``checkpoint.pt``. Runs execute in worker processes (at most ``jobs`` at once, each with
-``max(1, cores // jobs)`` torch threads); a failing run is recorded and the sweep goes on.
+``max(1, cores // jobs)`` torch threads, and one for small models as the CLI's train command
+chooses: :func:`~sparsetrain.train.threads.threads_for`); a failing run is recorded and the sweep
+goes on.
 """
 from __future__ import annotations
 
@@ -163,7 +165,7 @@ def expand(spec: SweepSpec, check: bool = True) -> List[RunConfig]:
 
     A ConfigError names the grid point that failed, so nothing runs until every point is valid.
     """
-    from ..train.runner import run_dir_for
+    from .run_store import run_dir_for
 
     configs, seen = [], set()
     for point in grid_points(spec):
@@ -189,7 +191,7 @@ def expand(spec: SweepSpec, check: bool = True) -> List[RunConfig]:
 # --- status of runs -----------------------------------------------------------------------------
 def run_status(cfg: RunConfig) -> str:
     """``finished`` (summary.json), ``partial`` (checkpoint.pt, resumes) or ``new``."""
-    from ..train.runner import run_dir_for
+    from .run_store import run_dir_for
 
     d = run_dir_for(cfg)
     if (d / "summary.json").exists():
@@ -257,13 +259,14 @@ def _headline(summary: Mapping[str, Any]) -> Optional[str]:
 def run_one(cfg: RunConfig) -> RunOutcome:
     """Train one run to completion (resuming if it has a checkpoint); never raises: a failure is
     returned as an outcome with the error's last lines."""
-    from ..train.runner import run_dir_for, train_run
+    from .run_store import default_threads, run_dir_for, train_run
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress="off"))
     run_dir, t0 = run_dir_for(cfg), time.time()
     resumed = (run_dir / "checkpoint.pt").exists()
     try:
-        summary = train_run(cfg)
+        with default_threads(cfg):  # one thread for small models, as the CLI's train command
+            summary = train_run(cfg)
     except Exception as e:  # one bad run must not end the sweep; the message is kept
         tail = "".join(traceback.format_exception_only(type(e), e)).strip().splitlines()[-1]
         log.debug("run %s failed:\n%s", run_dir, traceback.format_exc())
@@ -299,7 +302,7 @@ class ProgressView:
 
 
 def _skip_finished(configs: Sequence[RunConfig], result: SweepResult, view: ProgressView) -> List[RunConfig]:
-    from ..train.runner import run_dir_for
+    from .run_store import run_dir_for
 
     todo = []
     for cfg in configs:
@@ -313,7 +316,7 @@ def _skip_finished(configs: Sequence[RunConfig], result: SweepResult, view: Prog
 
 
 def _worker_died(cfg: RunConfig, err: BaseException) -> RunOutcome:
-    from ..train.runner import run_dir_for
+    from .run_store import run_dir_for
 
     return RunOutcome(str(run_dir_for(cfg)), "failed", error=f"worker process died: {type(err).__name__}: {err}")
 
@@ -374,7 +377,7 @@ def sweep(path: Optional[str] = None, grid: Sequence[str] = (), overrides: Seque
 
 def describe(configs: Sequence[RunConfig]) -> List[Tuple[str, str]]:
     """(status, run directory) of every config, for ``--dry-run``."""
-    from ..train.runner import run_dir_for
+    from .run_store import run_dir_for
 
     return [(run_status(c), str(run_dir_for(c))) for c in configs]
 

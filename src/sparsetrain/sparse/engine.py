@@ -226,7 +226,7 @@ class SparseEngine(SparsityEngine):
         for name, layer in self.layers.items():
             self.masks[name] = layer.mask_view()
         self._arm_capture()
-        if self.layers and getattr(self.method, "tracks_momentum", False):
+        if self.layers and self.method.tracks_momentum:
             n = sum(l.out_features * l.in_features for l in self.layers.values())
             log.info("sparse backend: method '%s' keeps a dense per-weight statistic (an EMA of dense "
                      "gradients, %d entries over the compressed layers) and forms their dense gradient "

@@ -81,7 +81,7 @@ class SparsityEngine:
         self.masks: Dict[str, torch.Tensor] = self.method.init_masks(self)
         self._broadcast_masks()
         self.apply_masks()
-        if not getattr(self.method, "starts_dense", False):  # pruning methods start all-ones
+        if not self.method.starts_dense:  # pruning methods start all-ones
             self._warn_if_denser_than_asked(sparsity)
 
     # --- accessors used by methods ----------------------------------------------------------

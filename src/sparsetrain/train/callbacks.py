@@ -7,20 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from ..sparsity.run import Callback, run_hooks
 from .checkpoint import atomic_write_text
 from .evaluate import evaluate
 
+__all__ = ["Callback", "MetricsLog", "Evaluator", "Checkpointer", "Progress", "TensorBoard"]
+
 log = logging.getLogger(__name__)
-
-
-class Callback:
-    """No-op hooks; subclasses override what they need."""
-
-    def on_start(self, s) -> None: ...
-
-    def on_step_end(self, s) -> None: ...
-
-    def on_end(self, s) -> None: ...
 
 
 def _due(step: int, every: int, total: int) -> bool:
@@ -98,7 +91,7 @@ class Evaluator(Callback):
             record["drop_fraction"] = s.engine.method.drop_fraction(s.step)
             if s.engine.last_update:
                 record["last_update"] = {k: v for k, v in s.engine.last_update.items() if k != "per_layer"}
-            record.update(s.engine.method.eval_metrics(s.engine))  # e.g. a mined mask's density
+            record.update(run_hooks(s.engine.method).eval_metrics(s.engine))  # e.g. a mined mask's density
         s.extra["last_eval"] = record
         self.metrics.write(record)
 

@@ -5,16 +5,10 @@ import math
 from typing import Dict
 
 import torch
-import torch.nn.functional as F
 
+from ..sparsity.run import task_loss
 
-def task_loss(output: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
-    """Cross-entropy; LM outputs (B, T, V) are flattened over positions."""
-    if isinstance(output, (tuple, list)):
-        output = output[0]
-    if output.dim() == 3:
-        output, target = output.reshape(-1, output.size(-1)), target.reshape(-1)
-    return F.cross_entropy(output, target, label_smoothing=label_smoothing)
+__all__ = ["task_loss", "correct_count", "evaluate"]
 
 
 def correct_count(output: torch.Tensor, target: torch.Tensor) -> int:

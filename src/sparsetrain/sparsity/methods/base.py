@@ -3,7 +3,9 @@
 A method owns its hyper-parameters (a frozen ``Options`` dataclass) and answers the engine's
 questions: the initial masks, whether ``step`` updates the topology, how many weights each layer
 drops and grows, and the drop/grow scores. The engine does the bookkeeping (exact counts,
-zero-init, optimizer-state reset, distributed sync), so a method file stays short.
+zero-init, optimizer-state reset, distributed sync), so a method file stays short. Run-level
+hooks (phases, time-to-ticket, extra metrics and report) are an opt-in mixin,
+:class:`sparsetrain.sparsity.run.RunHooks`.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import torch
 from ...errors import ConfigError
 from ...flops import training_flops_snfs, training_flops_static
 from ..masks import random_masks
+from ..run import RunHooks
 from ..schedules import DECAYS, UpdateSchedule, drop_fraction
 from ..topk import count_zeros
 from .redistribution import REDISTRIBUTIONS, apportion, layer_statistic
@@ -41,8 +44,14 @@ class Method:
     """
 
     name = "base"
+    #: the method trains with masks; False (dense baselines): the run attaches no engine
+    uses_masks: bool = True
     #: masks start all-ones and are pruned later (GMP, SNIP, IMP, ...): no "denser than asked" warning
-    starts_dense = False
+    starts_dense: bool = False
+    #: pruning at initialisation scores a batch of training data (SNIP, GraSP; not SynFlow)
+    needs_data: bool = False
+    #: keeps a moving average of dense gradients, so it reads them every step (SNFS)
+    tracks_momentum: bool = False
 
     @dataclass(frozen=True)
     class Options:
@@ -113,30 +122,6 @@ class Method:
         the weight-gradient pass); read by :class:`sparsetrain.flops.FlopsTracker` callers."""
         return False
 
-    # --- runs (the Trainer's hooks; see sparsetrain.train.phases) -------------------------------
-    @classmethod
-    def adjust_config(cls, cfg, info):
-        """The RunConfig the Trainer builds the model from (Small-Dense narrows the width)."""
-        return cfg
-
-    def phases(self, trainer) -> Optional[list]:
-        """Training phases (:class:`sparsetrain.train.phases.Phase`) of a multi-phase method (IMP
-        rounds, mine-then-train); None: one ordinary phase."""
-        return None
-
-    def ticket_step(self, engine: Optional["SparsityEngine"]) -> Optional[int]:
-        """Global step after which the mask no longer changes (time-to-ticket); None while unknown
-        or for mask-free methods. Default: 0, the mask is fixed at initialisation."""
-        return 0 if getattr(self, "uses_masks", True) else None
-
-    def eval_metrics(self, engine: "SparsityEngine") -> dict:
-        """Extra fields for every evaluation record in metrics.jsonl."""
-        return {}
-
-    def report(self) -> dict:
-        """Method-specific entries of summary.json (layer sparsities found, rounds, ...)."""
-        return {}
-
     # --- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {}
@@ -164,7 +149,7 @@ class DynamicOptions:
     grow_init: str = "zeros"
 
 
-class DynamicMethod(Method):
+class DynamicMethod(RunHooks, Method):
     """Drop the smallest-magnitude active weights every ΔT steps and grow as many elsewhere.
 
     Subclasses choose the grow score. With ``redistribution`` != "none" the per-layer counts

@@ -1,9 +1,14 @@
 """Dense baseline: no masks at all."""
+from typing import TYPE_CHECKING
+
 import torch
 
 from ...flops import training_flops_dense
 from ...registry import METHODS
 from .base import Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
 
 
 @METHODS.register("dense")
@@ -15,7 +20,7 @@ class Dense(Method):
     name = "dense"
     uses_masks = False
 
-    def init_masks(self, engine):
+    def init_masks(self, engine: "SparsityEngine"):
         return {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in engine.targets}
 
     def training_flops(self, f_s: float, f_d: float) -> float:

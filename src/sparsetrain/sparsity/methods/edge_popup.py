@@ -9,12 +9,17 @@ scores straight through the hard top-k (∂L/∂s = ∂L/∂(w ⊙ m) ⊙ w). Sc
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ...registry import METHODS
 from .mining import ScoreMining, layer_count
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
+    from ..masks import Target
 
 
 def topk_abs(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -60,10 +65,10 @@ class EdgePopup(ScoreMining):
 
     name = "edge_popup"
 
-    def make_mask(self, engine, target) -> nn.Module:
+    def make_mask(self, engine: "SparsityEngine", target: "Target") -> nn.Module:
         scores = torch.empty(target.shape)
         nn.init.kaiming_uniform_(scores, a=math.sqrt(5), generator=engine.generator)
         return TopKMask(scores, layer_count(engine, target))
 
-    def final_masks(self, engine):
+    def final_masks(self, engine: "SparsityEngine"):
         return self.current_masks()  # already exactly k_l per layer

@@ -23,7 +23,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...registry import METHODS
-from ...train.callbacks import Callback
+from ..run import Callback, RunContext
 from .mining import MiningOptions, ScoreMining, target_count
 from .pruning import select
 
@@ -107,9 +107,9 @@ class GemMiner(ScoreMining):
             return None
         return lambda: lam * sum((m.scores ** 2).sum() for m in self.mods.values())
 
-    def mining_callbacks(self, trainer) -> list:
-        spe = trainer.batches.steps_per_epoch
-        at = freeze_schedule(trainer.total // spe, self.options.freeze_period, spe)
+    def mining_callbacks(self, run: RunContext) -> List[Callback]:
+        spe = run.steps_per_epoch
+        at = freeze_schedule(run.total_steps // spe, self.options.freeze_period, spe)
         return [_MiningStep(self, at)]
 
     @torch.no_grad()

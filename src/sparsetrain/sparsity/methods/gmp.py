@@ -14,7 +14,7 @@ the total count following the schedule to the same overall density.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import torch
 
@@ -22,8 +22,12 @@ from ...errors import ConfigError
 from ...registry import METHODS
 from ..schedules import gmp_sparsity
 from ..topk import count_active, count_zeros
+from ..run import RunHooks
 from .base import Method
 from .pruning import all_ones, check_scope, layer_counts, select
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ def _resolve(step: Optional[int], fraction: float, total: int, what: str) -> int
 
 
 @METHODS.register("gmp")
-class GMP(Method):
+class GMP(RunHooks, Method):
     """Gradual magnitude pruning to the target sparsity (Zhu & Gupta 2018)."""
 
     name = "gmp"
@@ -65,7 +69,7 @@ class GMP(Method):
         if not 0.0 <= o.initial_sparsity < 1.0:
             raise ConfigError(f"initial_sparsity must be in [0, 1), got {o.initial_sparsity}")
 
-    def setup(self, engine) -> None:
+    def setup(self, engine: "SparsityEngine") -> None:
         total = engine.total_steps
         if total is None or int(total) <= 0:
             raise ConfigError("gmp needs total_steps (the training length) to place its schedule")
@@ -80,7 +84,7 @@ class GMP(Method):
         self.final = 1.0 - sum(layer_counts(engine).values()) / n  # network-wide s_f
         self.history: list = []
 
-    def init_masks(self, engine) -> Dict[str, torch.Tensor]:
+    def init_masks(self, engine: "SparsityEngine") -> Dict[str, torch.Tensor]:
         return all_ones(engine)
 
     # --- schedule ---------------------------------------------------------------------------
@@ -112,17 +116,17 @@ class GMP(Method):
         return 1.0 - (1.0 - self.target_sparsity(step, self.final)) / (1.0 - before)
 
     # --- pruning ----------------------------------------------------------------------------
-    def keep_counts(self, engine, step: int) -> Dict[str, int]:
+    def keep_counts(self, engine: "SparsityEngine", step: int) -> Dict[str, int]:
         """Per-layer active counts at ``step`` (scope ``layer``)."""
         return {t.name: t.param.numel() - count_zeros(t.param.numel(), self.target_sparsity(step, 1.0 - d))
                 for t, d in ((t, engine.densities[t.name]) for t in engine.targets)}
 
-    def keep_total(self, engine, step: int) -> int:
+    def keep_total(self, engine: "SparsityEngine", step: int) -> int:
         """Network-wide active count at ``step`` (scope ``global``); ends at the distribution's total."""
         n = sum(t.param.numel() for t in engine.targets)
         return count_active(n, 1.0 - self.target_sparsity(step, self.final))
 
-    def allocate(self, engine, fraction: float) -> Dict[str, Tuple[int, int]]:
+    def allocate(self, engine: "SparsityEngine", fraction: float) -> Dict[str, Tuple[int, int]]:
         step, masks = engine.step, engine.masks
         active = {t.name: int(masks[t.name].sum()) for t in engine.targets}
         if self.options.scope == "layer":
@@ -136,17 +140,17 @@ class GMP(Method):
             keep = {n: int(m.sum()) for n, m in kept.items()}
         return {n: (active[n] - keep[n], 0) for n in active}
 
-    def finish_update(self, engine) -> None:
+    def finish_update(self, engine: "SparsityEngine") -> None:
         active = sum(int(m.sum()) for m in engine.masks.values())
         total = sum(m.numel() for m in engine.masks.values())
         self.history.append({"step": engine.step, "target_sparsity": self.target_sparsity(engine.step, self.final),
                              "density": active / total})
 
     # --- reporting --------------------------------------------------------------------------
-    def eval_metrics(self, engine) -> dict:
+    def eval_metrics(self, engine: "SparsityEngine") -> dict:
         return {"target_sparsity": self.target_sparsity(engine.step, self.final)}
 
-    def ticket_step(self, engine) -> Optional[int]:
+    def ticket_step(self, engine: Optional["SparsityEngine"]) -> Optional[int]:
         return self.end + 1
 
     def training_flops(self, f_s: float, f_d: float) -> float:

@@ -9,13 +9,16 @@ HIGHEST scores are removed, i.e. the lowest kept. Global by default, as in the p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 
 import torch
 
 from ...errors import ConfigError
 from ...registry import METHODS
 from .pruning import PruneAtInit
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
 
 
 def _tempered(loss_fn: Callable, temperature: float) -> Callable:
@@ -62,6 +65,7 @@ class GraSP(PruneAtInit):
         if not self.options.temperature > 0:
             raise ConfigError(f"temperature must be > 0, got {self.options.temperature}")
 
-    def scores(self, engine, batch, loss_fn, input_shape, input_dtype):
+    def scores(self, engine: "SparsityEngine", batch, loss_fn: Callable, input_shape: Optional[Sequence[int]],
+               input_dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
         return grasp_scores(engine.model, {t.name: t.param for t in engine.targets}, batch, loss_fn,
                             self.options.temperature)

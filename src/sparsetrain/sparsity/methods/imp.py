@@ -15,21 +15,22 @@ Every round's density and accuracy go to ``rounds.jsonl`` and its mask to
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Union
 
 import torch
 
 from ...errors import ConfigError
 from ...registry import METHODS
-from ...train.callbacks import Callback
-from ...train.phases import Phase, save_ticket
+from ..run import Callback, Phase, RunContext, RunHooks, save_ticket, to_bytes
 from .base import Method
 from .pruning import all_ones, check_scope, layer_counts, select
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class IMPOptions:
 
 
 @METHODS.register("imp")
-class IMP(Method):
+class IMP(RunHooks, Method):
     """Iterative magnitude pruning with weight rewinding (Frankle & Carbin 2019; Frankle et al. 2020)."""
 
     name = "imp"
@@ -86,7 +87,7 @@ class IMP(Method):
         if int(o.rewind_step) < 0:
             raise ConfigError(f"rewind_step must be >= 0, got {o.rewind_step}")
 
-    def setup(self, engine) -> None:
+    def setup(self, engine: "SparsityEngine") -> None:
         o, floor = self.options, layer_counts(engine)
         sizes = {t.name: t.param.numel() for t in engine.targets}
         if o.scope == "global":
@@ -104,7 +105,7 @@ class IMP(Method):
         self.rewind: Optional[Dict[str, torch.Tensor]] = None
         self.ticket_at: Optional[int] = None
 
-    def init_masks(self, engine) -> Dict[str, torch.Tensor]:
+    def init_masks(self, engine: "SparsityEngine") -> Dict[str, torch.Tensor]:
         return all_ones(engine)
 
     @property
@@ -112,50 +113,49 @@ class IMP(Method):
         return len(self.plan) - 1
 
     # --- phases -----------------------------------------------------------------------------
-    def phases(self, trainer) -> list:
-        total, k = trainer.total, int(self.options.rewind_step)
+    def phases(self, run: RunContext) -> List[Phase]:
+        total, k = run.total_steps, int(self.options.rewind_step)
         if k >= total:
             raise ConfigError(f"rewind_step {k} is not inside round 0 ({total} steps); lower it")
         self.ticket_at = total * self.levels
         out = []
         for r in range(self.levels + 1):
-            callbacks = [_Snapshot(self, trainer, k)] if r == 0 and k > 0 else []
+            callbacks = [_Snapshot(self, run, k)] if r == 0 and k > 0 else []
             begin = (self._snapshot if k == 0 else None) if r == 0 else self._next_level(r)
-            out.append(Phase(f"round{r}", total, begin=begin, end=self._record(r), callbacks=callbacks,
+            out.append(Phase(f"round{r}", total, begin=begin, end=self._record(r, total), callbacks=callbacks,
                              reset_optimizer=r > 0))
         return out
 
-    def _snapshot(self, trainer) -> None:
+    def _snapshot(self, run: RunContext) -> None:
         """Keep the rewind point: every parameter and buffer of the model now."""
-        self.rewind = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        self.rewind = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
 
     def _next_level(self, r: int):
-        def begin(trainer) -> None:
-            engine = trainer.engine
+        def begin(run: RunContext) -> None:
+            engine = run.engine
             masks = magnitude_prune({t.name: t.param for t in engine.targets}, engine.masks,
                                     self.plan[r], self.options.scope)
             if self.rewind is None:
                 raise ConfigError("imp: no rewind point recorded; the run directory is inconsistent, delete it")
-            trainer.model.load_state_dict(self.rewind)
+            run.model.load_state_dict(self.rewind)
             engine.set_masks(masks, reason=f"imp level {r}")
             if r == self.levels:
-                save_ticket(trainer)
+                save_ticket(run)
         return begin
 
-    def _record(self, r: int):
-        def end(trainer) -> None:
-            rep = trainer.engine.density_report()
+    def _record(self, r: int, round_steps: int):
+        def end(run: RunContext) -> None:
+            rep = run.engine.density_report()
             row = {"round": r, "density": rep["sparsified_density"], "sparsity": 1 - rep["sparsified_density"],
-                   "steps": sum(p.steps for p in trainer.phases[:r + 1]),
-                   "wall_time_s": trainer.elapsed()}
-            for split, m in trainer.evaluator.last.items():
+                   "steps": (r + 1) * round_steps, "wall_time_s": run.elapsed()}
+            for split, m in run.last_metrics.items():
                 row.update({f"{split}_{k}": v for k, v in m.items()})
             self.rounds[r] = row
-            _write_rounds(trainer, self.rounds, r, trainer.engine.masks)
+            _write_rounds(run, self.rounds, r, run.engine.masks)
         return end
 
     # --- reporting --------------------------------------------------------------------------
-    def ticket_step(self, engine) -> Optional[int]:
+    def ticket_step(self, engine: Optional["SparsityEngine"]) -> Optional[int]:
         return self.ticket_at
 
     def report(self) -> dict:
@@ -174,22 +174,17 @@ class IMP(Method):
 class _Snapshot(Callback):
     """Round-0 callback: take the rewind point after step ``k`` (Frankle et al. 2020)."""
 
-    def __init__(self, method: IMP, trainer, k: int):
-        self.method, self.trainer, self.k = method, trainer, k
+    def __init__(self, method: IMP, run: RunContext, k: int):
+        self.method, self.run, self.k = method, run, k
 
     def on_step_end(self, s) -> None:
         if s.step == self.k:
-            self.method._snapshot(self.trainer)
+            self.method._snapshot(self.run)
 
 
-def _write_rounds(trainer, rounds: Mapping[int, dict], r: int, masks: Mapping[str, torch.Tensor]) -> None:
+def _write_rounds(run: RunContext, rounds: Mapping[int, dict], r: int, masks: Mapping[str, torch.Tensor]) -> None:
     """rounds.jsonl (whole file, so a re-run end hook leaves no duplicate) and this round's mask."""
-    if not trainer.dist.main:
+    if not run.is_main:
         return
-    from ...train.checkpoint import atomic_write_bytes, atomic_write_text
-
-    atomic_write_text(trainer.run_dir / "rounds.jsonl", "".join(json.dumps(rounds[k]) + "\n" for k in sorted(rounds)))
-    (trainer.run_dir / "masks").mkdir(exist_ok=True)
-    buf = io.BytesIO()
-    torch.save({n: m.detach().cpu() for n, m in masks.items()}, buf)
-    atomic_write_bytes(trainer.run_dir / "masks" / f"round_{r}.pt", buf.getvalue())
+    run.save_artifact("rounds.jsonl", "".join(json.dumps(rounds[k]) + "\n" for k in sorted(rounds)))
+    run.save_artifact(f"masks/round_{r}.pt", to_bytes({n: m.detach().cpu() for n, m in masks.items()}))

@@ -15,17 +15,21 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ...errors import ConfigError
-from ...train.phases import Phase, evaluate_now, save_ticket
+from ..run import Callback, Phase, RunContext, RunHooks, save_ticket
 from ..topk import count_active
 from .base import Method
 from .pruning import all_ones, layer_counts, sparsities
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
+    from ..masks import Target
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +62,7 @@ def owner(model: nn.Module, target) -> tuple:
     return model.get_submodule(target.module_name), target.name.rsplit(".", 1)[-1]
 
 
-class ScoreMining(Method):
+class ScoreMining(RunHooks, Method):
     """Base of the score-mining methods. Subclasses create the per-layer parametrization
     (:meth:`make_mask`) and pick the final exact-count mask (:meth:`final_masks`)."""
 
@@ -74,21 +78,21 @@ class ScoreMining(Method):
         if o.weight_init not in ("keep", "signed_constant"):
             raise ConfigError(f"weight_init must be 'keep' or 'signed_constant', got '{o.weight_init}'")
 
-    def setup(self, engine) -> None:
+    def setup(self, engine: "SparsityEngine") -> None:
         self.mods: Dict[str, nn.Module] = {}
         self.ticket: Optional[dict] = None
         self.ticket_at: Optional[int] = None
         self._grad_flags: Dict[int, bool] = {}
 
-    def init_masks(self, engine) -> Masks:
+    def init_masks(self, engine: "SparsityEngine") -> Masks:
         return all_ones(engine)  # the engine stays inert while mining; the parametrization masks
 
     # --- subclass hooks ---------------------------------------------------------------------
-    def make_mask(self, engine, target) -> nn.Module:
+    def make_mask(self, engine: "SparsityEngine", target: "Target") -> nn.Module:
         """The parametrization module of one weight (holds its scores)."""
         raise NotImplementedError
 
-    def final_masks(self, engine) -> Masks:
+    def final_masks(self, engine: "SparsityEngine") -> Masks:
         """The exact-count mask at the end of mining."""
         raise NotImplementedError
 
@@ -98,71 +102,71 @@ class ScoreMining(Method):
     def scores(self) -> Masks:
         return {n: m.scores.detach().clone() for n, m in self.mods.items()}
 
-    def mining_callbacks(self, trainer) -> list:
+    def mining_callbacks(self, run: RunContext) -> List[Callback]:
         return []
 
     def regulariser(self):
         return None
 
     # --- phases -----------------------------------------------------------------------------
-    def phases(self, trainer) -> List[Phase]:
+    def phases(self, run: RunContext) -> List[Phase]:
         o = self.options
         mine_optim = dict(self.mine_optim_defaults)
         mine_optim.update({k: v for k, v in (("lr", o.mine_lr), ("weight_decay", o.mine_weight_decay)) if v is not None})
-        self.ticket_at = trainer.total
-        out = [Phase("mine", trainer.total, optim=mine_optim, setup=self.attach, begin=self._init_weights,
-                     end=self.finish, callbacks=self.mining_callbacks(trainer), extra_loss=self.regulariser())]
+        self.ticket_at = run.total_steps
+        out = [Phase("mine", run.total_steps, optim=mine_optim, setup=self.attach, begin=self._init_weights,
+                     end=self.finish, callbacks=self.mining_callbacks(run), extra_loss=self.regulariser())]
         if o.finetune > 0:
-            steps = max(1, int(round(o.finetune * trainer.total)))
+            steps = max(1, int(round(o.finetune * run.total_steps)))
             out.append(Phase("finetune", steps, optim={"lr": o.finetune_lr} if o.finetune_lr else {}))
         return out
 
-    def attach(self, trainer) -> None:
+    def attach(self, run: RunContext) -> None:
         """Freeze every parameter and reparametrize each sparsified weight as w ⊙ m(scores)."""
-        engine = trainer.engine
-        for p in trainer.model.parameters():
+        engine = run.engine
+        for p in run.model.parameters():
             self._grad_flags.setdefault(id(p), p.requires_grad)
             p.requires_grad_(False)
         for t in engine.targets:
-            module, attr = owner(trainer.model, t)
+            module, attr = owner(run.model, t)
             mod = self.make_mask(engine, t).to(t.param.device)
             parametrize.register_parametrization(module, attr, mod)
             self.mods[t.name] = mod
 
-    def detach(self, trainer) -> None:
+    def detach(self, run: RunContext) -> None:
         """Remove the parametrizations (the weights are their init values again) and unfreeze."""
-        for t in trainer.engine.targets:
-            module, attr = owner(trainer.model, t)
+        for t in run.engine.targets:
+            module, attr = owner(run.model, t)
             if parametrize.is_parametrized(module, attr):
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=False)
-        for p in trainer.model.parameters():
+        for p in run.model.parameters():
             p.requires_grad_(self._grad_flags.get(id(p), True))
         self.mods = {}
 
-    def _init_weights(self, trainer) -> None:
+    def _init_weights(self, run: RunContext) -> None:
         if self.options.weight_init == "signed_constant":
-            for t in trainer.engine.targets:
+            for t in run.engine.targets:
                 signed_constant_(t.param)
 
-    def finish(self, trainer) -> None:
+    def finish(self, run: RunContext) -> None:
         """End of mining: exact mask into the engine, init weights back, ticket evaluated."""
-        engine = trainer.engine
+        engine = run.engine
         masks, scores = self.final_masks(engine), self.scores()
         rounded = self.current_masks()
         n = sum(m.numel() for m in masks.values())
-        self.detach(trainer)
+        self.detach(run)
         engine.set_masks(masks, reason=f"{self.name} ticket")
         self.ticket = {"density": sum(int(m.sum()) for m in masks.values()) / n,
                        "rounded_density": sum(int(m.sum()) for m in rounded.values()) / n,
                        "layer_sparsity": sparsities(masks), "step": engine.step}
-        for split, m in evaluate_now(trainer).items():
+        for split, m in run.evaluate().items():
             self.ticket.update({f"{split}_{k}": v for k, v in m.items()})
         log.info("%s: ticket at density %.4f, accuracy before weight training %s", self.name,
                  self.ticket["density"], {k: round(v, 4) for k, v in self.ticket.items() if k.endswith("accuracy")})
-        save_ticket(trainer, scores)
+        save_ticket(run, scores)
 
     # --- reporting --------------------------------------------------------------------------
-    def eval_metrics(self, engine) -> dict:
+    def eval_metrics(self, engine: "SparsityEngine") -> dict:
         if not self.mods:
             return {}
         masks = self.current_masks()
@@ -170,7 +174,7 @@ class ScoreMining(Method):
         return {"density": sum(int(m.sum()) for m in masks.values()) / n,
                 "layer_density": {k: 1.0 - v for k, v in sparsities(masks).items()}}
 
-    def ticket_step(self, engine) -> Optional[int]:
+    def ticket_step(self, engine: Optional["SparsityEngine"]) -> Optional[int]:
         return self.ticket_at
 
     def report(self) -> dict:
@@ -186,10 +190,10 @@ class ScoreMining(Method):
         self.ticket = state.get("ticket")
 
 
-def target_count(engine) -> int:
+def target_count(engine: "SparsityEngine") -> int:
     """Total active weights the distribution asks for (Σ_l N_l − floor(s_l·N_l))."""
     return sum(layer_counts(engine).values())
 
 
-def layer_count(engine, target) -> int:
+def layer_count(engine: "SparsityEngine", target: "Target") -> int:
     return count_active(target.param.numel(), engine.densities[target.name])

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from ...errors import ConfigError
 from ..topk import count_active, topk_mask
+from ..run import Phase, RunContext, RunHooks, save_ticket, task_loss
 from .base import Method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -86,17 +87,17 @@ class PruneAtInitOptions:
     scope: str = "layer"
 
 
-class PruneAtInit(Method):
+class PruneAtInit(RunHooks, Method):
     """Prune once before training from a saliency score (SNIP, GraSP, SynFlow).
 
-    The Trainer calls :meth:`prune_at_init` with the first training batch before step 0 (a phase
-    ``begin`` hook); outside the Trainer call it yourself. Subclasses implement :meth:`scores`
+    A run calls :meth:`prune_at_init` with the first training batch before step 0 (a phase
+    ``begin`` hook); outside a run call it yourself. Subclasses implement :meth:`scores`
     (higher = keep). The layer-wise sparsities found are logged and reported in summary.json.
     """
 
     Options = PruneAtInitOptions
     starts_dense = True
-    needs_data = True
+    needs_data = True  # SynFlow sets False: it scores an all-ones input
 
     def validate(self) -> None:
         check_scope(self.options.scope)
@@ -118,8 +119,6 @@ class PruneAtInit(Method):
                       input_shape: Optional[Sequence[int]] = None,
                       input_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
         """Score, keep the exact counts, install the masks; returns the layer sparsities found."""
-        from ...train.evaluate import task_loss
-
         if self.needs_data and batch is None:
             raise ConfigError(f"{self.name} scores weights on a batch of data; pass batch=(x, y)")
         start = time.perf_counter()
@@ -135,21 +134,17 @@ class PruneAtInit(Method):
     def select(self, engine: "SparsityEngine", scores: Masks) -> Masks:
         return select(scores, layer_counts(engine), self.options.scope)
 
-    def phases(self, trainer) -> list:
-        from ...train.phases import Phase, save_ticket
+    def phases(self, run: RunContext) -> List[Phase]:
+        return [Phase("train", run.total_steps, reset_optimizer=False, begin=self._prune_begin)]
 
-        def begin(tr) -> None:
-            batch = None
-            if self.needs_data:
-                x, y = next(tr.batches.from_step(0))
-                batch = (x.to(tr.device), y.to(tr.device))
-            self.prune_at_init(tr.engine, batch, tr.loss_fn, tr.info.input_shape,
-                               torch.long if tr.info.task == "lm" else None)
-            save_ticket(tr, self.last_scores)
+    def _prune_begin(self, run: RunContext) -> None:
+        """Phase ``begin``: prune from the batch of step 0 (or the input shape), write the ticket."""
+        batch = run.first_batch() if self.needs_data else None
+        self.prune_at_init(run.engine, batch, run.loss_fn, run.info.input_shape,
+                           torch.long if run.info.task == "lm" else None)
+        save_ticket(run, self.last_scores)
 
-        return [Phase("train", trainer.total, reset_optimizer=False, begin=begin)]
-
-    def ticket_step(self, engine) -> Optional[int]:
+    def ticket_step(self, engine: Optional["SparsityEngine"]) -> Optional[int]:
         return None if self.found is None else 0
 
     def report(self) -> dict:

@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
 from ...registry import METHODS
 from ..distributions import plan_densities
+from ..run import RunHooks
 from .base import Method
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +39,7 @@ def sparse_nonzeros(cfg, info) -> int:
 
 
 @METHODS.register("small_dense")
-class SmallDense(Method):
+class SmallDense(RunHooks, Method):
     """Dense training of the width-scaled model (Evci et al. 2020, Small-Dense). No masks: the
     Trainer builds the model at the width found by :meth:`adjust_config`."""
 
@@ -51,8 +56,5 @@ class SmallDense(Method):
         log.info("small_dense: width %.4f for %d parameters (the sparse model's nonzeros)", width, target)
         return dataclasses.replace(cfg, model=dataclasses.replace(m, width=width))
 
-    def init_masks(self, engine):
+    def init_masks(self, engine: "SparsityEngine"):
         return {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in engine.targets}
-
-    def ticket_step(self, engine):
-        return None

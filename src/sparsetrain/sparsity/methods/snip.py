@@ -7,12 +7,15 @@ sparsity of the chosen distribution (``scope="global"``: one threshold over all 
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import TYPE_CHECKING, Callable, Dict, Optional, Sequence
 
 import torch
 
 from ...registry import METHODS
 from .pruning import PruneAtInit, sparsities
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
 
 
 def snip_scores(model: torch.nn.Module, params: Dict[str, torch.Tensor], batch, loss_fn) -> Dict[str, torch.Tensor]:
@@ -37,7 +40,8 @@ class SNIP(PruneAtInit):
 
     name = "snip"
 
-    def scores(self, engine, batch, loss_fn, input_shape, input_dtype):
+    def scores(self, engine: "SparsityEngine", batch, loss_fn: Callable, input_shape: Optional[Sequence[int]],
+               input_dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
         return snip_scores(engine.model, {t.name: t.param for t in engine.targets}, batch, loss_fn)
 
     # --- engine-only path: prune from the gradient of the first step ---------------------------
@@ -48,7 +52,7 @@ class SNIP(PruneAtInit):
     def is_update_step(self, step: int) -> bool:
         return self.found is None
 
-    def observe_gradients(self, engine, update: bool) -> None:
+    def observe_gradients(self, engine: "SparsityEngine", update: bool) -> None:
         if not update:
             return
         # masks are all ones here, so the dense gradient is ∂L/∂w of this batch

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Optional, Sequence
 
 import torch
 
@@ -19,6 +19,9 @@ from ...errors import ConfigError
 from ...registry import METHODS
 from ..topk import count_active
 from .pruning import PruneAtInit, layer_counts, select
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..engine import SparsityEngine
 
 
 @torch.no_grad()
@@ -78,7 +81,8 @@ class SynFlow(PruneAtInit):
         if int(self.options.rounds) < 1:
             raise ConfigError(f"rounds must be >= 1, got {self.options.rounds}")
 
-    def scores(self, engine, batch, loss_fn, input_shape, input_dtype):
+    def scores(self, engine: "SparsityEngine", batch, loss_fn: Callable, input_shape: Optional[Sequence[int]],
+               input_dtype: Optional[torch.dtype]) -> Dict[str, torch.Tensor]:
         if input_shape is None:
             raise ConfigError("synflow needs the model's input shape: pass input_shape=(C, H, W) or (features,)")
         names = [t.name for t in engine.targets]
@@ -93,6 +97,6 @@ class SynFlow(PruneAtInit):
         self._masks = masks
         return scores
 
-    def select(self, engine, scores):
+    def select(self, engine: "SparsityEngine", scores):
         # the last round already selected exactly the target counts
         return self._masks

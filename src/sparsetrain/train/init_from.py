@@ -22,13 +22,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, ConfigError
+from .checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def _source_checkpoint(run_dir: str | Path, device) -> dict:
-    from ..train.checkpoint import load_checkpoint
-
     path = Path(run_dir)
     if not path.is_dir():
         raise CheckpointError(f"train.init_from='{run_dir}' is not a directory; give a run directory "
