@@ -98,7 +98,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("command", ["train"])
+@pytest.mark.parametrize("command", ["train", "flops"])
 @pytest.mark.parametrize("assignment,message", BAD, ids=[a for a, _ in BAD])
 def test_bad_options_are_one_line_exit_2(tmp_path, capsys, command, assignment, message):
     where = ["--out-dir", str(tmp_path / "runs")] if command == "train" else ["--model", "mlp", "--dataset", "digits"]
@@ -107,3 +107,13 @@ def test_bad_options_are_one_line_exit_2(tmp_path, capsys, command, assignment, 
     assert err.startswith("sparsetrain: error: ") and err.count("\n") == 1 and "Traceback" not in err
     assert message in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_good_options_from_the_command_line(capsys):
+    import json
+
+    code, out, err = cli(["flops", "--model", "mlp", "--dataset", "digits", "--json", "--set", "sparsity.options.alpha=0.5",
+                          "--set", "sparsity.options.skip_optimizer_step=yes", "--set", "sparsity.options.delta_t=4.0"],
+                         capsys)
+    assert code == 0, err
+    assert json.loads(out)["delta_t"] == 4
