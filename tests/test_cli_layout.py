@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sparsetrain.cli import common, main as cli_main_fn
+from sparsetrain.cli import common, main as package_main
 from sparsetrain.cli import flops as flops_cmd
 from sparsetrain.cli.main import SUBCOMMANDS, build_parser
 from helpers import run_cli as cli
@@ -52,7 +52,10 @@ def test_every_subcommand_is_registered_once_with_help(capsys):
     for name in names:
         code, out, err = cli([name, "--help"], capsys)
         assert code == 0 and out.startswith(f"usage: sparsetrain {name}"), (name, err)
-    assert cli_main_fn is not None and build_parser().prog == "sparsetrain"
+    # the console script `sparsetrain.cli:main` and `python -m sparsetrain` reach main.main
+    from sparsetrain.cli.main import main as module_main
+
+    assert package_main is module_main and build_parser().prog == "sparsetrain"
 
 
 def test_shared_flags_are_defined_once():
@@ -111,6 +114,9 @@ def test_flops_reads_the_same_config_as_train(tmp_path, capsys):
     (["--model", "mlp", "--dataset", "digits", "--sparsity", "abc"], "sparsity.sparsity must be a number"),
     (["--model", "mlp", "--dataset", "digits", "--width", "x"], "model.width must be a number"),
     (["--model", "mlp", "--dataset", "digits", "--set", "nope=1"], "unknown config key"),
+    # ΔT is an option of the dynamic methods; other methods reject it as train does
+    (["--model", "mlp", "--dataset", "digits", "--method", "static", "--delta-t", "10"],
+     "unknown option(s) ['delta_t'] for method 'static'"),
 ])
 def test_flops_bad_flags_are_one_line(capsys, args, message):
     code, out, err = cli(["flops", *args], capsys)
