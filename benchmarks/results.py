@@ -105,18 +105,13 @@ def _to_dict(cfg) -> Dict[str, Any]:
 
 def inference_flops(cfg, sparsity: float, distribution: str) -> float:
     """Sparse forward FLOPs per example of ``cfg``'s model at its starting masks."""
-    from sparsetrain.data import dataset_info
-    from sparsetrain.flops import count_flops
-    from sparsetrain.flops_cli import build_method, start_densities
-    from sparsetrain.models import build_model
-    from sparsetrain.train.flops_meter import input_spec
+    import dataclasses
 
-    info = dataset_info(cfg.data.name, **cfg.data.options)
-    model = build_model(cfg.model.name, info, width=cfg.model.width, **cfg.model.options)
-    dens = start_densities(model, build_method("static", 100), sparsity, distribution,
-                           cfg.sparsity.dense_first, cfg.sparsity.dense_last, cfg.sparsity.erk_power)
-    shape, dtype = input_spec(info)
-    return count_flops(model, shape, dens, input_dtype=dtype).sparse
+    from sparsetrain.experiments.flops_estimate import estimate_flops
+
+    static = dataclasses.replace(cfg.sparsity, sparsity=sparsity, distribution=distribution, method="static",
+                                 options={})
+    return estimate_flops(dataclasses.replace(cfg, sparsity=static)).report.sparse
 
 
 def equal_flops_sparsity(cfg, sparsity: float) -> Optional[float]:

@@ -194,3 +194,46 @@ def test_method_start_and_end_scale_with_multiplier_but_delta_t_does_not():
         engine = build_engine(model, opt, cfg, total=200)
         sched = engine.method.schedule
         assert (sched.start, sched.end, sched.delta_t) == (start, end, 5)
+
+
+# --- run hashes of the shipped configs are pinned: run directories keep their names ----------------
+PINNED = {
+    "char_gru_rigl.toml": "7acfd3a9ea", "cifar100_resnet50_rigl.toml": "f1ae982326",
+    "cifar10_wrn22_2_rigl.toml": "25d3277f56", "fashion_lenet5.toml": "c0a222bd8c",
+    "imagenet_mobilenet_v1_rigl.toml": "fd9f4e414c", "imagenet_resnet50_rigl_s80_erk.toml": "93ba5aa89d",
+    "imagenet_resnet50_rigl_s80_uniform.toml": "fb088f3165", "imagenet_resnet50_rigl_s90_erk.toml": "f1cbabe59c",
+    "imagenet_resnet50_rigl_s90_uniform.toml": "9624c656de", "mnist_lenet300.toml": "8dad815b5e",
+    "ptb_lstm.toml": "61e30334d4",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PINNED))
+def test_run_hashes_of_the_shipped_configs_are_pinned(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / name
+    assert run_hash(load_config(str(path))) == PINNED[name]
+
+
+@pytest.mark.parametrize("overrides,pinned", [
+    ((), "8dd939927c"),
+    (("sparsity.options.delta_t=5",), "95e9a1c8c3"),
+    (("sparsity.options.alpha=1",), "5893431367"),
+    (('sparsity.options={"delta_t": 50.0, "end_fraction": 1}',), "00bebc99b8"),
+    (("sparsity.options.skip_optimizer_step=yes",), "a933d083f6"),
+])
+def test_method_options_are_hashed_as_written(overrides, pinned):
+    # typing the options happens when the method is built; the config (and its hash) keeps the values
+    assert run_hash(load_config(overrides=overrides)) == pinned
+
+
+def test_key_type_walks_the_dataclasses():
+    from typing import Optional
+
+    from sparsetrain.config import key_type
+
+    assert key_type("sparsity.sparsity") is float and key_type("seed") is int
+    assert key_type("sparsity.dense_first") == Optional[bool]
+    assert key_type("sparsity.options.delta_t") is None  # a method option: typed by the method
+    with pytest.raises(ConfigError, match="unknown config key 'data.nope'"):
+        key_type("data.nope")

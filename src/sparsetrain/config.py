@@ -204,24 +204,31 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
-    """Build dataclass ``cls`` from a (possibly partial) nested mapping; unknown keys are errors."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"section '{prefix.rstrip('.') or 'root'}' must be a table, got {data!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+def coerce_fields(cls, data: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    """``data``'s values converted to the field types of dataclass ``cls`` (nested dataclasses are
+    built with :func:`from_dict`); keys are named ``prefix + name`` in errors. Unknown keys are
+    ConfigErrors. The one coercion of config values: RunConfig sections and method options."""
+    fields = [f.name for f in dataclasses.fields(cls)]
     hints = typing.get_type_hints(cls)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"unknown config key(s) {[prefix + u for u in unknown]}; valid keys in "
                           f"'{prefix.rstrip('.') or 'root'}': {', '.join(fields)}")
-    kwargs = {}
+    out = {}
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = from_dict(tp, value, f"{prefix}{name}.")
+            out[name] = from_dict(tp, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, tp, prefix + name)
-    return cls(**kwargs)
+            out[name] = _coerce(value, tp, prefix + name)
+    return out
+
+
+def from_dict(cls, data: Mapping[str, Any], prefix: str = ""):
+    """Build dataclass ``cls`` from a (possibly partial) nested mapping; unknown keys are errors."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"section '{prefix.rstrip('.') or 'root'}' must be a table, got {data!r}")
+    return cls(**coerce_fields(cls, data, prefix))
 
 
 def parse_value(text: str) -> Any:
@@ -339,6 +346,20 @@ def _type_name(tp: Any) -> str:
     if origin in (dict, typing.Dict):
         return "table" if not args or args[1] is Any else f"table of {_type_name(args[1])}"
     return getattr(tp, "__name__", str(tp))
+
+
+def key_type(key: str, cls=RunConfig) -> Any:
+    """Field type of the dotted config ``key`` (e.g. ``sparsity.dense_first``: ``Optional[bool]``);
+    None for a key inside a table (``sparsity.options.delta_t``: the method's own option)."""
+    parts = key.split(".")
+    for i, name in enumerate(parts):
+        hints = typing.get_type_hints(cls)
+        if name not in hints:
+            raise ConfigError(f"unknown config key '{key}'")
+        cls = hints[name]
+        if not dataclasses.is_dataclass(cls):
+            return cls if i == len(parts) - 1 else None
+    raise ConfigError(f"'{key}' is a section, not a config key")
 
 
 def describe_keys(cls=RunConfig, prefix: str = "") -> list[str]:

@@ -25,7 +25,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from ..cli import _EXTRA_PARSERS, command
 from ..errors import CheckpointError, ConfigError
 from ..sparsity.topk import topk_mask
 from ..train.checkpoint import atomic_write_text, load_checkpoint
@@ -167,26 +166,3 @@ def format_table(result: dict) -> str:
             rows.append(f"| {name} | {r['test_accuracy']:.4f} | {delta} |")
     return "\n".join(rows)
 
-
-def _add_parser(sub) -> None:
-    p = sub.add_parser("sanity", help="sanity checks of a run's mask: shuffle, reinit, invert (Frankle et al. 2021)")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run directory")
-    p.add_argument("--checks", default=",".join(DEFAULT_CHECKS),
-                   help=f"comma-separated, from {', '.join(CHECKS)} (default {','.join(DEFAULT_CHECKS)})")
-    p.add_argument("--data-dir", help="dataset root (config key data.root)")
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:N (config key train.device)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-_EXTRA_PARSERS.append(_add_parser)
-
-
-@command("sanity")
-def cmd_sanity(args) -> int:
-    """Print the table; the JSON lands in RUN_DIR/sanity.json."""
-    overrides = [f"data.root={args.data_dir}"] if args.data_dir else []
-    overrides += [f"train.device={args.device}"] if args.device else []
-    overrides += ["train.progress=off"] if args.quiet else []
-    checks = [c.strip() for c in args.checks.split(",") if c.strip()]
-    print(format_table(sanity(Path(args.run_dir), checks, overrides)))
-    return 0

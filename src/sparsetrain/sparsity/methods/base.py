@@ -28,12 +28,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def build_options(cls, method: str, options: Mapping[str, object]):
-    """Instantiate ``cls`` (a dataclass) from ``options``; unknown keys are a ConfigError."""
+    """Instantiate ``cls`` (a dataclass) from ``options``, each value coerced to its field's type
+    by the config's own coercion (:func:`sparsetrain.config.coerce_fields`, so ``"100"`` and
+    ``100.0`` give ``100`` while ``"abc"`` and ``1.5`` for an int are ConfigErrors naming
+    ``sparsity.options.<name>``); unknown keys are a ConfigError naming the valid ones."""
+    from ...config import coerce_fields
+
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - valid)
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for method '{method}'; valid: {', '.join(sorted(valid)) or 'none'}")
-    return cls(**options)
+    return cls(**coerce_fields(cls, options, "sparsity.options."))
 
 
 class Method:

@@ -1,0 +1,68 @@
+"""FLOPs of a run configuration without data or training: per-layer inference FLOPs at the
+densities a run starts from, and the method's training FLOPs per example.
+
+The sparsified tensors and their exact counts are the engine's
+(:func:`sparsetrain.sparsity.distributions.plan_densities`, the one home of targets → densities →
+exact counts). The input shape comes from the dataset registry
+(:func:`sparsetrain.data.dataset_info`), so ImageNet-size models are counted with no dataset on
+disk. Conventions: :mod:`sparsetrain.flops` and docs/flops.md (Evci et al., "Rigging the Lottery:
+Making All Tickets Winners", ICML 2020, App. H).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict
+
+from ..config import RunConfig, SparsityConfig
+from ..data import dataset_info
+from ..flops import FlopsReport, count_flops, relative_to_dense
+from ..models import build_model
+from ..registry import METHODS
+from ..sparsity import methods as _methods  # noqa: F401  (registers the built-in methods)
+from ..sparsity.distributions import plan_densities
+from ..train.flops_meter import input_spec
+
+
+@dataclass(frozen=True)
+class FlopsEstimate:
+    """The per-layer counter report, the method object and :func:`flops_summary` of a config."""
+
+    report: FlopsReport
+    method: Any
+    summary: Dict[str, Any]
+
+
+def build_method(s: SparsityConfig):
+    """The configured method with its (typed, validated) options."""
+    return METHODS.get(s.method)(**s.options)
+
+
+def start_densities(model, method, s: SparsityConfig) -> Dict[str, float]:
+    """Exact per-tensor densities a run of ``s`` starts from (empty for engine-less methods)."""
+    if not method.uses_masks:
+        return {}
+    plan = plan_densities(model, s.sparsity, s.distribution, dense_first=s.dense_first, dense_last=s.dense_last,
+                          include=s.include, exclude=s.exclude, custom=s.custom, erk_power=s.erk_power)
+    return plan.exact_densities()
+
+
+def flops_summary(report: FlopsReport, method, multiplier: float) -> Dict[str, Any]:
+    """Totals, inference ratio and training FLOPs per example per step, also as a multiple of
+    dense (3·f_D) and of the dense run when trained ``multiplier`` times longer."""
+    f_s, f_d = report.sparse, float(report.dense)
+    train = method.training_flops(f_s, f_d)
+    rel = relative_to_dense(train, f_d) if f_d else 1.0
+    return {"inference_flops": f_s, "inference_flops_dense": f_d, "inference_flops_ratio": report.ratio,
+            "train_flops_per_example": train, "train_flops_dense_per_example": 3.0 * f_d,
+            "train_flops_ratio": rel, "multiplier": multiplier, "train_flops_ratio_extended": rel * multiplier}
+
+
+def estimate_flops(cfg: RunConfig) -> FlopsEstimate:
+    """Count ``cfg``'s model at its starting densities; ConfigError for an unknown or bad
+    model, dataset, method, option or distribution."""
+    info = dataset_info(cfg.data.name, **cfg.data.options)
+    model = build_model(cfg.model.name, info, width=cfg.model.width, **cfg.model.options)
+    method = build_method(cfg.sparsity)
+    shape, dtype = input_spec(info)
+    report = count_flops(model, shape, start_densities(model, method, cfg.sparsity), input_dtype=dtype)
+    return FlopsEstimate(report, method, flops_summary(report, method, cfg.train.multiplier))
