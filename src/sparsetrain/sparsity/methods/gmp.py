@@ -54,6 +54,7 @@ class GMP(Method):
     """Gradual magnitude pruning to the target sparsity (Zhu & Gupta 2018)."""
 
     name = "gmp"
+    runs_on_compressed = True
     Options = GMPOptions
     starts_dense = True
 
