@@ -214,7 +214,7 @@ class CSRStorage(Storage):
         out = {}
         for s in linear:
             out.update(self._linear(model, s.target, s.mask, policy, optimizer))
-        for module_name in _rnns_to_compress(model, stores, policy, announce):
+        for module_name in _rnns_to_compress(model, stores, masks, policy, announce):
             out.update(self._rnn(model, module_name, masks, policy, optimizer))
         return out
 
@@ -270,11 +270,10 @@ def _is_linear(model: nn.Module, t: Target) -> bool:
         type(model.get_submodule(t.module_name)) is nn.Linear
 
 
-def _rnns_to_compress(model: nn.Module, stores: Mapping[str, LayerStore], policy: BackendPolicy,
-                      announce: bool) -> list:
+def _rnns_to_compress(model: nn.Module, stores: Mapping[str, LayerStore], masks: Mapping[str, torch.Tensor],
+                      policy: BackendPolicy, announce: bool) -> list:
     """Names of the dense-held nn.LSTM / nn.GRU modules with sparsified weights to compress, decided
     per module (:func:`choose_rnn`: all weight matrices or none); logs each decision."""
-    masks = {n: s.mask for n, s in stores.items()}
     out = []
     for module_name, rnn in rnn_modules(model):
         if not any(s.target.module_name == module_name for s in stores.values()):
