@@ -209,8 +209,9 @@ class SparsityEngine:
         """Call right after ``loss.backward()``. Returns whether to run ``optimizer.step()``."""
         update = self.method.is_update_step(self.step)
         self.method.observe_gradients(self, update)
-        for store in self.stores.values():
-            store.mask_gradients()
+        with torch.no_grad():
+            for store in self.stores.values():
+                store.mask_gradients()
         self._pending_update = update
         return not (update and self.method.skip_optimizer_step)
 
@@ -238,11 +239,14 @@ class SparsityEngine:
         return self.method.is_update_step(self.step) or self.method.uses_dense_grad(self.step)
 
     def _arm_capture(self) -> None:
-        capture = self._capturing()
-        for store in self.stores.values():
-            store.prepare_step(capture)
+        compressed = [s for s in self.stores.values() if s.compressed]
+        if compressed:
+            capture = self._capturing()
+            for store in compressed:
+                store.prepare_step(capture)
 
     # --- mask mechanics ---------------------------------------------------------------------
+    @torch.no_grad()
     def apply_masks(self) -> None:
         """Zero every masked weight in place."""
         for store in self.stores.values():

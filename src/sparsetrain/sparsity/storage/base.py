@@ -100,9 +100,10 @@ class LayerStore:
         raise NotImplementedError
 
     def prepare_step(self, capture: bool) -> None:
-        """Before a step's forward pass: whether its backward pass must keep what ``dense_grad``
-        needs (a compressed layer's dense gradient is not otherwise computed)."""
+        """Compressed stores, before a step's forward pass: whether its backward pass must keep what
+        ``dense_grad`` needs (a compressed layer's dense gradient is not otherwise computed)."""
 
+    # the two per-step calls run under the engine's torch.no_grad() (one context for all layers)
     def mask_gradients(self) -> None:
         """Zero the gradient of masked weights (after the method read the dense gradient)."""
 

@@ -70,14 +70,13 @@ class MaskedDenseStore(LayerStore):
         t = self.param if tensor is None else tensor
         return t.detach()[self._mask]
 
-    @torch.no_grad()
     def mask_gradients(self) -> None:
-        if self.param.grad is not None:
-            self.param.grad.mul_(self.multiplier())
+        grad = self.target.param.grad
+        if grad is not None:
+            grad.mul_(self.multiplier())
 
-    @torch.no_grad()
     def apply_mask(self) -> None:
-        self.param.mul_(self.multiplier())
+        self.target.param.mul_(self.multiplier())
 
     @torch.no_grad()
     def update(self, n_drop: int, n_grow: int, drop_scores: torch.Tensor, grow: GrowScores, sync: Sync,
@@ -94,6 +93,7 @@ class MaskedDenseStore(LayerStore):
         self.mask = new
         return int(fresh.sum())
 
+    @torch.no_grad()
     def set_mask(self, mask: torch.Tensor, optimizer: Optional[torch.optim.Optimizer]) -> None:
         """Weights inside ``mask`` keep their values and optimizer state (stale state at positions
         new to the mask is left in place: it is never read by a method that regrows)."""
