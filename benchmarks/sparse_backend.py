@@ -118,7 +118,7 @@ def _rigl_torch_step(model, opt, scheduler, x, y) -> Callable[[], bool]:
 
 def build(model_name: str, sparsity: float, backend: str, opt_kind: str, x, y, delta_t: int = DELTA_T) -> Runner:
     """Model + optimizer (+ engine) of one configuration."""
-    from sparsetrain.sparse import SparseEngine
+    from sparsetrain.sparsity.backend import SparseEngine
     from sparsetrain.sparsity.engine import SparsityEngine
 
     model = mlp(MODELS[model_name])
@@ -307,14 +307,15 @@ def measure_memory(model_name: str, sparsity: float, backend: str, opt_kind: str
 
 # --- export size -----------------------------------------------------------------------------------
 def export_sizes(model_name: str, sparsity: float, tmp: str) -> dict:
-    from sparsetrain.sparse import SparseEngine, export_sparse
+    from sparsetrain.sparsity.backend import use_sparse_backend
     from sparsetrain.sparsity.engine import SparsityEngine
+    from sparsetrain.sparsity.storage.csr import export_sparse
     model = mlp(MODELS[model_name])
     dense_path, sparse_path = os.path.join(tmp, "dense.pt"), os.path.join(tmp, "sparse.safetensors")
     masked = SparsityEngine(model, None, "static", sparsity=sparsity, distribution="uniform", dense_first=False,
                             total_steps=10)
     torch.save(model.state_dict(), dense_path)
-    engine = SparseEngine.from_engine(masked)
+    engine = use_sparse_backend(model, masked)
     size = export_sparse(model, sparse_path, masks=engine.masks)
     out = {"dense_state_dict_bytes": os.path.getsize(dense_path), "sparse_export_bytes": size}
     os.remove(dense_path), os.remove(sparse_path)
@@ -325,9 +326,9 @@ def export_sizes(model_name: str, sparsity: float, tmp: str) -> dict:
 def kernel_table(rounds: int, sizes=(1024, 4096), densities=(0.3, 0.2, 0.1, 0.05, 0.01), min_idle: float = 0.0) -> dict:
     """Per-layer kernels, batch 128, interleaved: forward, input gradient, weight gradient, and
     the whole layer step (forward + both gradients), dense vs CSR variants."""
-    from sparsetrain.sparse import SparseLinear
-    from sparsetrain.sparse.csr import csr_tensor, row_ids, transpose
-    from sparsetrain.sparse.functional import sparseprop_backend
+    from sparsetrain.sparsity.storage.csr import SparseLinear
+    from sparsetrain.sparsity.storage.csr.functional import sparseprop_backend
+    from sparsetrain.sparsity.storage.csr.indices import csr_tensor, row_ids, transpose
     out = {}
     for n in sizes:
         for d in densities:
@@ -375,7 +376,7 @@ def _layer_step(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable
 
 
 def _rebuilt(layer, transpose_fn):
-    from sparsetrain.sparse.csr import csr_tensor
+    from sparsetrain.sparsity.storage.csr.indices import csr_tensor
     t = transpose_fn(layer.crow_indices, layer.col_indices, layer.shape)
     return csr_tensor(t.crow, t.row, layer.values.detach()[t.perm], (layer.in_features, layer.out_features))
 
@@ -530,7 +531,7 @@ def main(argv=None) -> None:
         wait_for_idle(args.min_idle, timeout=120)
         results["profile"][f"{m}@{s}/{b}"] = profile_step(m, s, b)
     backends = args.backends.split(",")
-    from sparsetrain.sparse.functional import sparseprop_backend
+    from sparsetrain.sparsity.storage.csr.functional import sparseprop_backend
     if "sparse-sp" in backends and sparseprop_backend() is None:
         print("sparseprop is not installed (pip install 'sparsetrain[accel]'): skipping the sparse-sp backend")
         backends.remove("sparse-sp")

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from sparsetrain.sparse import SparseGRU, SparseLSTM
+from sparsetrain.sparsity.storage.csr import SparseGRU, SparseLSTM
 from sparsetrain.sparsity.masks import random_mask
 from sparsetrain.sparsity.topk import count_active
 

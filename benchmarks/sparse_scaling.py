@@ -4,7 +4,7 @@ version cannot be trained with Adam on a 24 GB machine.
     python benchmarks/sparse_scaling.py --out docs/perf/sparse_scaling.json
 
 * Scaling: MLP 784-W-W-W-10 at 99 % sparsity (every layer a SparseLinear built sparse with
-  ``SparseLinear.random``: no dense matrix ever exists), Adam, RigL (``SparseEngine.from_sparse_model``),
+  ``SparseLinear.random``: no dense matrix ever exists), Adam, RigL (``SparsityEngine.from_sparse_model``),
   batch 128, 2 threads. Each width runs in a fresh subprocess: persistent bytes (weights, indices,
   Adam state; gradients apart), peak RSS over the pre-build baseline during 4 steps including a
   RigL update, median step time. Dense + Adam needs 16 bytes per parameter (weight, gradient,
@@ -32,7 +32,7 @@ DATA = os.environ.get("SPARSETRAIN_DATA", os.path.join(os.path.dirname(__file__)
 
 
 def sparse_mlp(width: int, density: float, seed: int = 0) -> nn.Sequential:
-    from sparsetrain.sparse import SparseLinear
+    from sparsetrain.sparsity.storage.csr import SparseLinear
     g = torch.Generator().manual_seed(seed)
     sizes = [784, width, width, width, 10]
     layers = []
@@ -47,10 +47,10 @@ def dense_params(width: int) -> int:
 
 
 def make(width: int, density: float, delta_t: int):
-    from sparsetrain.sparse import SparseEngine
+    from sparsetrain.sparsity.engine import SparsityEngine
     model = sparse_mlp(width, density)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    engine = SparseEngine.from_sparse_model(model, opt, "rigl", total_steps=10 ** 6, delta_t=delta_t)
+    engine = SparsityEngine.from_sparse_model(model, opt, "rigl", total_steps=10 ** 6, delta_t=delta_t)
     return model, opt, engine
 
 

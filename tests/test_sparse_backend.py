@@ -6,10 +6,11 @@ import torch
 from torch import nn
 
 from sparsetrain.errors import CheckpointError, ConfigError
-from sparsetrain.sparse import (BackendPolicy, SparseEngine, SparseLinear, densify_model, export_sparse,
-                                load_sparse, sparsify_model, use_dense_backend, use_sparse_backend)
-from sparsetrain.sparse.csr import carry, flat_from_csr, match, random_flat, transpose
-from sparsetrain.sparse.streaming import streaming_topk
+from sparsetrain.sparsity.backend import SparseEngine, use_dense_backend, use_sparse_backend
+from sparsetrain.sparsity.storage import BackendPolicy
+from sparsetrain.sparsity.storage.csr import SparseLinear, densify_model, export_sparse, load_sparse, sparsify_model
+from sparsetrain.sparsity.storage.csr.indices import carry, flat_from_csr, match, random_flat, transpose
+from sparsetrain.sparsity.storage.csr.streaming import streaming_topk
 from sparsetrain.sparsity.engine import SparsityEngine
 from sparsetrain.sparsity.topk import topk_mask
 
@@ -255,7 +256,7 @@ def test_mixed_backends_and_policy():
 
 
 def test_snfs_forms_the_dense_gradient_every_step(caplog):
-    with caplog.at_level("INFO", logger="sparsetrain.sparse.engine"):
+    with caplog.at_level("INFO", logger="sparsetrain.sparsity"):
         (a, oa, ea), (b, ob, eb) = pair("snfs", sgd, delta_t=5)
     assert any("dense per-weight statistic" in r.getMessage() for r in caplog.records)
     for x, y in batches(3):                                            # steps 0-2: no topology update

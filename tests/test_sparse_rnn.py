@@ -10,8 +10,9 @@ from torch import nn
 from sparsetrain.errors import ConfigError
 from sparsetrain.flops import count_flops
 from sparsetrain.models.rnn import RNNLanguageModel
-from sparsetrain.sparse import (SparseEngine, SparseGRU, SparseLinear, SparseLSTM, densify_model, export_sparse,
-                                load_sparse, sparsify_model, use_dense_backend, use_sparse_backend)
+from sparsetrain.sparsity.backend import SparseEngine, use_dense_backend, use_sparse_backend
+from sparsetrain.sparsity.storage.csr import (SparseGRU, SparseLinear, SparseLSTM, densify_model, export_sparse,
+                                              load_sparse, sparsify_model)
 from sparsetrain.sparsity.engine import SparsityEngine
 
 VOCAB = 11
@@ -280,7 +281,7 @@ def test_rnn_is_compressed_whole_or_not_at_all(caplog):
     custom = {"rnn.weight_ih_l0": 0.1, "rnn.weight_hh_l0": 0.1, "rnn.weight_ih_l1": 0.1,
               "rnn.weight_hh_l1": 0.5, "readout.weight": 0.1}
     opts = dict(sparsity=0.8, distribution="custom", custom=custom, total_steps=10)
-    with caplog.at_level(logging.INFO, logger="sparsetrain.sparse.engine"):
+    with caplog.at_level(logging.INFO, logger="sparsetrain.sparsity"):
         eng = SparseEngine(model, None, "set", max_density=0.2, min_size=0, **opts)
     assert type(model.rnn) is nn.LSTM and set(eng.layers) == {"readout.weight"}
     assert "leaving dense 'rnn': rnn.weight_hh_l1 too dense" in caplog.text
@@ -288,7 +289,7 @@ def test_rnn_is_compressed_whole_or_not_at_all(caplog):
     eng = SparseEngine(forced, None, "set", max_density=0.2, min_size=0, overrides={"rnn": "sparse"}, **opts)
     assert isinstance(forced.rnn, SparseLSTM) and "rnn.weight_hh_l1" in eng.layers
     first_dense = lm()                                           # uniform keeps the first layer dense
-    with caplog.at_level(logging.INFO, logger="sparsetrain.sparse.engine"):
+    with caplog.at_level(logging.INFO, logger="sparsetrain.sparsity"):
         eng = SparseEngine(first_dense, None, "set", sparsity=0.8, distribution="uniform", total_steps=10,
                            max_density=1.0, min_size=0)
     assert type(first_dense.rnn) is nn.LSTM and "rnn.weight_ih_l0 not sparsified" in caplog.text
@@ -299,7 +300,7 @@ def test_bidirectional_lstm_is_left_dense_with_the_message(caplog):
     model = nn.Sequential()
     model.add_module("rnn", nn.LSTM(6, 8, bidirectional=True))
     model.add_module("head", nn.Linear(16, 3))
-    with caplog.at_level(logging.INFO, logger="sparsetrain.sparse.engine"):
+    with caplog.at_level(logging.INFO, logger="sparsetrain.sparsity"):
         eng = SparseEngine(model, None, "set", sparsity=0.8, total_steps=10, max_density=1.0, min_size=0)
     assert type(model.rnn) is nn.LSTM and set(eng.layers) == {"head.weight"}
     assert "bidirectional RNNs are not supported by the sparse backend; it stays dense" in caplog.text

@@ -159,9 +159,9 @@ def test_backend_is_hashed_only_when_set():
         RunConfig(sparsity=SparsityConfig(backend="sparse", backend_options={"max_density": 0.2})))
 
 
-def test_backend_options_are_engine_arguments():
-    import inspect
-    from sparsetrain.sparse.engine import SparseEngine
-    from sparsetrain.sparse.from_config import BACKEND_OPTIONS, OPTION_TYPES
-    assert set(BACKEND_OPTIONS) <= set(inspect.signature(SparseEngine.__init__).parameters)
+def test_backend_options_are_storage_policy_fields():
+    import dataclasses
+    from sparsetrain.sparsity.backend import BACKEND_OPTIONS, OPTION_TYPES
+    from sparsetrain.sparsity.storage import BackendPolicy
+    assert set(BACKEND_OPTIONS) == {f.name for f in dataclasses.fields(BackendPolicy)}
     assert set(OPTION_TYPES) == set(BACKEND_OPTIONS)

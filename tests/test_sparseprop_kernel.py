@@ -5,9 +5,10 @@ import torch
 from torch import nn
 
 from sparsetrain.errors import ConfigError
-from sparsetrain.sparse import SparseEngine, SparseLinear
-from sparsetrain.sparse.convert import BackendPolicy
-from sparsetrain.sparse.functional import sparseprop_backend
+from sparsetrain.sparsity.backend import SparseEngine
+from sparsetrain.sparsity.storage import BackendPolicy
+from sparsetrain.sparsity.storage.csr import SparseLinear
+from sparsetrain.sparsity.storage.csr.functional import sparseprop_backend
 
 needs_sparseprop = pytest.mark.skipif(sparseprop_backend() is None, reason="sparseprop is not installed")
 

@@ -70,7 +70,7 @@ class SparsityConfig:
 
     ``backend``: "masked" (dense weights times masks, every device) or "sparse" (CPU only: large
     Linear layers at low density are stored as CSR and trained with sparse kernels, see
-    docs/performance.md); ``backend_options`` go to ``sparsetrain.sparse.SparseEngine``
+    docs/performance.md); ``backend_options`` go to the compressed storage policy (``sparsetrain.sparsity.storage.BackendPolicy``)
     (``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems``, ``kernel``)."""
 
     method: str = "rigl"

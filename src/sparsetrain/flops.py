@@ -145,7 +145,8 @@ def dot_flops(length: float, n_outputs: int, bias: bool) -> float:
     return n_outputs * (length + max(length - 1.0, 0.0) + (1.0 if bias else 0.0))
 
 
-def _weighted_row(suffix: str, shape: Sequence[int], density: float, fan_in: int, n_out: int, bias: bool) -> Row:
+def weighted_row(suffix: str, shape: Sequence[int], density: float, fan_in: int, n_out: int, bias: bool) -> Row:
+    """The row of ``n_out`` dot products of a weight of ``shape`` (fan-in ``fan_in``) at ``density``."""
     dense = int(round(dot_flops(fan_in, n_out, bias)))
     return (suffix, tuple(shape), density, dense, dot_flops(fan_in * density, n_out, bias))
 
@@ -153,18 +154,13 @@ def _weighted_row(suffix: str, shape: Sequence[int], density: float, fan_in: int
 def _count_conv(m: nn.Module, inputs, output: Tensor, density: Callable[[Tensor], float]) -> List[Row]:
     # One dot product per output element over a (c_in / groups) x kernel window.
     fan_in = (m.in_channels // m.groups) * math.prod(m.kernel_size)
-    return [_weighted_row("", m.weight.shape, density(m.weight), fan_in, output.numel(), m.bias is not None)]
+    return [weighted_row("", m.weight.shape, density(m.weight), fan_in, output.numel(), m.bias is not None)]
 
 
 def _count_linear(m: nn.Module, inputs, output: Tensor, density: Callable[[Tensor], float]) -> List[Row]:
     # Every leading position of the input gets its own mat-vec.
     n_out = output.numel()
-    return [_weighted_row("", m.weight.shape, density(m.weight), m.in_features, n_out, m.bias is not None)]
-
-
-def _count_sparse_linear(m: nn.Module, inputs, output: Tensor, density) -> List[Row]:
-    # a compressed Linear (sparsetrain.sparse.SparseLinear): its density is its own nnz share
-    return [_weighted_row("", m.shape, m.density, m.in_features, output.numel(), m.bias is not None)]
+    return [weighted_row("", m.weight.shape, density(m.weight), m.in_features, n_out, m.bias is not None)]
 
 
 def _count_relu(m: nn.Module, inputs, output: Tensor, density) -> List[Row]:
@@ -176,7 +172,7 @@ def _count_embedding(m: nn.Module, inputs, output, density: Callable[[Tensor], f
     return [("", tuple(m.weight.shape), density(m.weight), 0, 0.0)]
 
 
-def _rnn_positions(x) -> int:
+def rnn_positions(x) -> int:
     """Time steps x batch rows fed to an RNN (batched, unbatched or packed input)."""
     if isinstance(x, PackedSequence):
         return int(x.data.shape[0])
@@ -184,7 +180,7 @@ def _rnn_positions(x) -> int:
 
 
 def _count_rnn(m: nn.RNNBase, inputs, output, density: Callable[[Tensor], float]) -> List[Row]:
-    positions = _rnn_positions(inputs[0])
+    positions = rnn_positions(inputs[0])
     params = dict(m.named_parameters(recurse=False))
     rows: List[Row] = []
     for pname, weight in params.items():
@@ -193,50 +189,43 @@ def _count_rnn(m: nn.RNNBase, inputs, output, density: Callable[[Tensor], float]
             kind, layer, rev = match.groups()
             has_bias = kind != "hr" and f"bias_{kind}_l{layer}{rev or ''}" in params
             n_out = positions * weight.shape[0]
-            rows.append(_weighted_row("." + pname, weight.shape, density(weight), weight.shape[1], n_out, has_bias))
-    rows.append(_rnn_elementwise_row(m, positions, 2 if m.bidirectional else 1))
+            rows.append(weighted_row("." + pname, weight.shape, density(weight), weight.shape[1], n_out, has_bias))
+    rows.append(rnn_elementwise_row(m, positions, 2 if m.bidirectional else 1))
     return rows
 
 
-def _rnn_elementwise_row(m: nn.Module, positions: int, directions: int) -> Row:
+def rnn_elementwise_row(m: nn.Module, positions: int, directions: int) -> Row:
+    """The elementwise gate arithmetic of a recurrent module (``m.mode``: LSTM, GRU, RNN_*)."""
     gates, extra = _RNN_GATES[m.mode]
     per_unit = gates + extra  # the gate sums W_ih x + W_hh h, then the elementwise rule
     n = positions * m.hidden_size * m.num_layers * directions * per_unit
     return (" (elementwise)", None, None, n, float(n))
 
 
-def _count_sparse_rnn(m: nn.Module, inputs, output, density) -> List[Row]:
-    # a compressed LSTM/GRU (sparsetrain.sparse.SparseLSTM / SparseGRU): as _count_rnn, each
-    # matrix's density being its own nnz share
-    positions = _rnn_positions(inputs[0])
-    rows: List[Row] = []
-    for pname, layer in m.matrices().items():
-        n_out = positions * layer.out_features
-        rows.append(_weighted_row(f".{pname}", layer.shape, layer.density, layer.in_features, n_out, m.bias))
-    rows.append(_rnn_elementwise_row(m, positions, 1))
-    return rows
+#: (module types, counting rule) pairs; the last registered match wins (see :func:`register_counter`)
+_COUNTERS: List[Tuple[Tuple[type, ...], Callable]] = []
 
 
-_COUNTERS = (
-    (_CONVS, _count_conv),
-    ((nn.Linear,), _count_linear),
-    ((nn.RNNBase,), _count_rnn),
-    ((nn.Embedding,), _count_embedding),
-    (_ACTIVATIONS, _count_relu),
-)
+def register_counter(module_types, fn: Callable) -> Callable:
+    """Count modules of ``module_types`` (a type or tuple of types) with ``fn(module, inputs, output,
+    density) -> [Row]``, where ``density(tensor)`` is the density given for a parameter. A layer type
+    defined elsewhere registers its own rule when its module is imported (a compressed layer reads
+    its density from itself). Lookup is by ``isinstance``, the most recently registered match first,
+    so a subclass registered after its base overrides it. Returns ``fn``."""
+    types = module_types if isinstance(module_types, tuple) else (module_types,)
+    _COUNTERS.append((types, fn))
+    return fn
+
+
+register_counter(_CONVS, _count_conv)
+register_counter(nn.Linear, _count_linear)
+register_counter(nn.RNNBase, _count_rnn)
+register_counter(nn.Embedding, _count_embedding)
+register_counter(_ACTIVATIONS, _count_relu)
 
 
 def _counter_for(module: nn.Module):
-    from .sparse.linear import SparseLinear  # lazy: the sparse backend imports this package's engine
-    from .sparse.rnn import SparseRNNBase
-    if isinstance(module, SparseLinear):
-        return _count_sparse_linear
-    if isinstance(module, SparseRNNBase):
-        return _count_sparse_rnn
-    for types, fn in _COUNTERS:
-        if isinstance(module, types):
-            return fn
-    return None
+    return next((fn for types, fn in reversed(_COUNTERS) if isinstance(module, types)), None)
 
 
 # --------------------------------------------------------------------------------------------

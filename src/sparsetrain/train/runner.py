@@ -77,6 +77,6 @@ def build_engine(model, optimizer, cfg: RunConfig, total: int, device: torch.dev
         if s.backend_options:
             raise ConfigError("sparsity.backend_options apply to sparsity.backend=sparse only; remove them")
         return SparsityEngine(model, optimizer, s.method, **common, **opts)
-    from ..sparse.from_config import build_sparse_engine
+    from ..sparsity.backend import build_sparse_engine
     return build_sparse_engine(model, optimizer, s.method, device=device, world=world,
                                backend_options=s.backend_options, **common, **opts)

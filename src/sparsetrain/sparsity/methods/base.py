@@ -57,6 +57,9 @@ class Method:
     needs_data: bool = False
     #: keeps a moving average of dense gradients, so it reads them every step (SNFS)
     tracks_momentum: bool = False
+    #: tested step for step on compressed layer stores (the truly sparse backend) against
+    #: masked-dense ones; a run config may select ``sparsity.backend=sparse`` only for such methods
+    runs_on_compressed: bool = False
 
     @dataclass(frozen=True)
     class Options:
@@ -104,12 +107,26 @@ class Method:
         raise NotImplementedError
 
     def grow_scores_rows(self, engine: "SparsityEngine", name: str, rows: slice, n_cols: int) -> torch.Tensor:
-        """Rows ``rows`` of :meth:`grow_scores` with the weight viewed as a matrix
-        (dim 0 × ``n_cols``). The truly sparse backend scores a compressed layer block by block
-        through this hook, so no dense score matrix is held; a method overriding ``grow_scores``
-        should override it too (until it does, that backend scores the whole layer at once)."""
-        s = self.grow_scores(engine, name)
-        return s.reshape(s.shape[0], -1)[rows]
+        """Rows ``rows`` of :meth:`grow_scores` with the weight viewed as a matrix (dim 0 × ``n_cols``).
+
+        A compressed layer is scored through this hook only, block by block in increasing row
+        order, so a method that computes blocks directly (SET, RigL, SNFS) never holds a dense
+        score matrix. This default serves methods that define whole-layer scores only: it calls
+        :meth:`grow_scores` once per layer, at the block starting at row 0, and slices it. The
+        rule is explicit: a class that overrides ``grow_scores`` without overriding this hook gets
+        this default back, never a parent's row hook scoring something else (``__init_subclass__``).
+        """
+        cached = getattr(self, "_whole_grow_scores", None)
+        if rows.start == 0 or cached is None or cached[0] != name:
+            s = self.grow_scores(engine, name)
+            cached = (name, s.reshape(s.shape[0], -1))
+        self._whole_grow_scores = None if rows.stop >= cached[1].shape[0] else cached  # kept until the last block
+        return cached[1][rows]
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "grow_scores" in vars(cls) and "grow_scores_rows" not in vars(cls):
+            cls.grow_scores_rows = Method.grow_scores_rows
 
     def finish_update(self, engine: "SparsityEngine") -> None:
         """Release anything captured for the update."""

@@ -58,6 +58,7 @@ class GMP(RunHooks, Method):
     """Gradual magnitude pruning to the target sparsity (Zhu & Gupta 2018)."""
 
     name = "gmp"
+    runs_on_compressed = True
     Options = GMPOptions
     starts_dense = True
 
@@ -133,7 +134,7 @@ class GMP(RunHooks, Method):
             keep = {n: min(active[n], k) for n, k in self.keep_counts(engine, step).items()}
         else:
             # over the active entries only (row-major, the order of the dense tie rule), so a
-            # compressed layer (sparsetrain.sparse) is ranked without a dense copy
+            # compressed layer (sparsity.storage) is ranked without a dense copy
             scores = {n: engine.active_values(n).abs() for n in active}
             total = min(sum(active.values()), self.keep_total(engine, step))
             kept = select(scores, active, "global", total=total)

@@ -26,6 +26,7 @@ class RigL(SET):
     """
 
     name = "rigl"
+    runs_on_compressed = True
     Options = RigLOptions
 
     def setup(self, engine) -> None:

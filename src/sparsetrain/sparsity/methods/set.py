@@ -13,6 +13,7 @@ class SET(DynamicMethod):
     generator; just-dropped positions are eligible)."""
 
     name = "set"
+    runs_on_compressed = True
 
     def grow_scores(self, engine, name: str) -> torch.Tensor:
         p = engine.param(name)

@@ -25,6 +25,7 @@ class SNFS(SET):
     """
 
     name = "snfs"
+    runs_on_compressed = True
     Options = SNFSOptions
 
     @property

@@ -9,3 +9,4 @@ class Static(Method):
     layer densities from the chosen distribution)."""
 
     name = "static"
+    runs_on_compressed = True

@@ -7,9 +7,8 @@ The per-layer choice is automatic: a layer goes sparse only where the CSR kernel
 GEMM on CPU — density at most ``max_density`` (a whole layer step, forward and both gradients,
 breaks even at ≈10 % density for 1024² and ≈15 % for 4096² on 2 cores; docs/performance.md)
 and at least ``min_size`` weights (tiny layers are dominated by fixed per-call costs).
-``overrides`` forces a backend per layer by fnmatch pattern. ``SparseEngine`` applies the rule
-again after every topology update, so a layer pruned below ``max_density`` (GMP) is compressed
-then; a compressed layer is never decompressed automatically (``use_dense_backend`` does that).
+``overrides`` forces a backend per layer by fnmatch pattern (:class:`..base.BackendPolicy`; the
+engine applies it again after every topology update).
 
 When an optimizer is given, the layer's weight is swapped for its values vector in the
 optimizer's parameter groups and every per-weight state tensor (momentum, Adam moments) is
@@ -17,83 +16,18 @@ gathered at the active positions — or scattered back to dense by :func:`densif
 """
 from __future__ import annotations
 
-import fnmatch
 import logging
-from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..sparsity.topk import count_active
+from ....errors import ConfigError
+from ..base import BackendPolicy
 from .linear import SparseLinear
 from .rnn import SPARSE_RNNS, SparseRNNBase, matrix_names, unsupported_reason
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("sparse", "dense")
-KERNELS = ("mkl", "sparseprop")
-
-
-def check_kernel(kernel: str) -> None:
-    """ConfigError unless ``kernel`` is known and its implementation importable."""
-    if kernel not in KERNELS:
-        raise ConfigError(f"unknown sparse kernel '{kernel}'; choose one of: {', '.join(KERNELS)}")
-    if kernel == "sparseprop":
-        from .functional import sparseprop_backend
-        if sparseprop_backend() is None:
-            raise ConfigError("kernel 'sparseprop' needs the sparseprop package: pip install "
-                              "'sparsetrain[accel]' (x86-64 Linux), or use kernel='mkl'")
-
-
-@dataclass(frozen=True)
-class BackendPolicy:
-    """Which masked Linear layers are stored compressed.
-
-    An nn.LSTM / nn.GRU is decided as a whole (see :func:`choose_rnn`): it is compressed iff
-    every weight matrix of it would be, or an override pattern matching the module's own name
-    (e.g. ``{"rnn": "sparse"}``) forces it.
-
-    Args:
-        max_density: compress only layers with at most this fraction of active weights.
-        min_size: compress only layers with at least this many weights (dense entries).
-        overrides: {fnmatch pattern over weight names: "sparse" | "dense"}; the first matching
-            pattern wins over the automatic rule (a layer other than Linear, LSTM or GRU always
-            stays dense).
-        cache_transpose: compressed layers keep Wᵀ's structure between steps (faster backward,
-            8 more bytes per connection); see :class:`SparseLinear`.
-        kernel: "mkl" (torch's MKL CSR products, the default) or "sparseprop" (the AVX2 kernels
-            of the sparseprop package, ``pip install sparsetrain[accel]``: float32 only, needs no
-            Wᵀ structure; measured in docs/performance.md).
-    """
-
-    max_density: float = 0.1
-    min_size: int = 1 << 16
-    overrides: Mapping[str, str] = field(default_factory=dict)
-    cache_transpose: bool = True
-    kernel: str = "mkl"
-
-    def __post_init__(self):
-        check_kernel(self.kernel)
-        bad = {p: b for p, b in self.overrides.items() if b not in BACKENDS}
-        if bad:
-            raise ConfigError(f"backend overrides {bad} are invalid; use 'sparse' or 'dense'")
-        if not 0.0 <= self.max_density <= 1.0:
-            raise ConfigError(f"max_density must be in [0, 1], got {self.max_density}")
-
-    def override(self, name: str) -> Optional[str]:
-        """The backend the first override pattern matching ``name`` forces, or None."""
-        return next((b for p, b in self.overrides.items() if fnmatch.fnmatchcase(name, p)), None)
-
-    def choose(self, name: str, numel: int, active: int) -> str:
-        """'sparse' or 'dense' for weight ``name`` with ``numel`` entries, ``active`` of them active."""
-        forced = self.override(name)
-        if forced is not None:
-            return forced
-        # compare counts, not floats: a layer built at density d has count_active(numel, d) weights
-        small_enough = active <= count_active(numel, self.max_density)
-        return "sparse" if small_enough and numel >= self.min_size else "dense"
 
 
 def _masks_of(engine_or_masks) -> Mapping[str, torch.Tensor]:

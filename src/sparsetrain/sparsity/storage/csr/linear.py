@@ -14,9 +14,10 @@ from typing import List, Optional
 import torch
 from torch import nn
 
-from .csr import (INDEX_DTYPE, Transposed, csr_from_flat, csr_tensor, flat_from_csr, flat_from_mask, random_flat,
+from ....flops import register_counter, weighted_row
+from .indices import (INDEX_DTYPE, Transposed, csr_from_flat, csr_tensor, flat_from_csr, flat_from_mask, random_flat,
                   transpose)
-from ..sparsity.topk import count_active
+from ...topk import count_active
 from .functional import Pattern, sparse_linear
 
 
@@ -178,3 +179,12 @@ class SparseLinear(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
         self._transposed = None
+
+
+def _count_flops(m: SparseLinear, inputs, output: torch.Tensor, density) -> list:
+    """FLOPs rows of a compressed Linear (``sparsetrain.flops``): as nn.Linear's, the density being
+    the layer's own nnz share."""
+    return [weighted_row("", m.shape, m.density, m.in_features, output.numel(), m.bias is not None)]
+
+
+register_counter(SparseLinear, _count_flops)

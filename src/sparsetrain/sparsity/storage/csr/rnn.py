@@ -31,9 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ..sparsity.topk import count_active
-from .csr import flat_from_mask, random_flat
+from ....errors import ConfigError
+from ....flops import register_counter, rnn_elementwise_row, rnn_positions, weighted_row
+from ...topk import count_active
+from .indices import flat_from_mask, random_flat
 from .functional import SequenceWeight, sparse_linear
 from .linear import SparseLinear
 
@@ -125,7 +126,7 @@ class SparseRNNBase(nn.Module):
                **options) -> "SparseRNNBase":
         """Exact-count uniformly random connectivity in every weight matrix with torch's RNN
         initialisation (weights and biases ~ U(−1/√hidden, 1/√hidden)), never allocating a
-        dense matrix; train it with ``SparseEngine.from_sparse_model``."""
+        dense matrix; train it with ``SparsityEngine.from_sparse_model``."""
         generator = generator or torch.Generator().manual_seed(0)
         bound = hidden_size ** -0.5
         rows, matrices = cls.gates * hidden_size, []
@@ -257,3 +258,15 @@ class SparseGRU(SparseRNNBase):
 
 
 SPARSE_RNNS = {nn.LSTM: SparseLSTM, nn.GRU: SparseGRU}
+
+
+def _count_flops(m: SparseRNNBase, inputs, output, density) -> list:
+    """FLOPs rows of a SparseLSTM / SparseGRU (``sparsetrain.flops``): as nn.LSTM / nn.GRU's, each
+    matrix's density being its own nnz share."""
+    positions = rnn_positions(inputs[0])
+    rows = [weighted_row(f".{name}", layer.shape, layer.density, layer.in_features, positions * layer.out_features,
+                         m.bias) for name, layer in m.matrices().items()]
+    return rows + [rnn_elementwise_row(m, positions, 1)]
+
+
+register_counter(SparseRNNBase, _count_flops)

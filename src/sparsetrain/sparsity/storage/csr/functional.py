@@ -25,7 +25,7 @@ import functools
 import torch
 from torch.profiler import record_function
 
-from .csr import Transposed, csr_tensor
+from .indices import Transposed, csr_tensor
 
 
 class Pattern(NamedTuple):
@@ -124,7 +124,7 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Te
     """y = x Wᵀ + b for W = CSR(pattern, values); any leading batch dimensions.
 
     ``sink``, if a list, receives ``(x, ∂L/∂y)`` (2-D) at each backward pass, from which the
-    dense weight gradient can be formed block by block (see ``SparseEngine.dense_grad_rows``).
+    dense weight gradient can be formed block by block (see ``CSRStore.dense_grad_rows``).
     """
     lead = x.shape[:-1]
     y = SparseLinearFunction.apply(x.reshape(-1, x.shape[-1]), values, bias, pattern, sink)

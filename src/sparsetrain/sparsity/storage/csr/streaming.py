@@ -15,7 +15,7 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
-from ..sparsity.topk import topk_mask
+from ...topk import topk_mask
 
 Candidates = Tuple[torch.Tensor, torch.Tensor]  # (ascending flat positions int64, float scores)
 

@@ -22,8 +22,8 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
-from .csr import csr_from_flat, csr_tensor, flat_from_csr, flat_from_mask
+from ....errors import CheckpointError, ConfigError
+from .indices import csr_from_flat, csr_tensor, flat_from_csr, flat_from_mask
 from .convert import compress_rnn, compressed_layers, decompress_rnn, rnn_modules
 from .linear import SparseLinear
 from .rnn import SparseRNNBase, matrix_names, unsupported_reason

@@ -1,0 +1,12 @@
+"""Layer storages of the engine: masked-dense (every layer starts there) and compressed ones.
+
+:mod:`.base` holds the :class:`LayerStore` interface, the :data:`STORAGES` registry and the
+:class:`BackendPolicy` choosing which layers a compressed storage takes; :mod:`.dense` the
+masked-dense store; :mod:`.csr` the truly sparse CPU storage. A new storage is one more module
+(or folder) here that registers itself.
+"""
+from . import csr  # noqa: F401  (registers the CSR storage and its layers' FLOPs counters)
+from .base import STORAGES, BackendPolicy, GrowScores, LayerStore, Storage
+from .dense import MaskedDenseStore
+
+__all__ = ["STORAGES", "BackendPolicy", "GrowScores", "LayerStore", "MaskedDenseStore", "Storage"]
