@@ -1,6 +1,7 @@
 """SparsityEngine invariants over random small Linear/Conv2d models (property tests), hooks,
 state_dict round trips and user errors (sparsity/engine.py)."""
 import copy
+import re
 import io
 
 import pytest
@@ -281,3 +282,17 @@ def test_model_without_sparsifiable_layer_and_static_options():
         SparsityEngine(nn.Sequential(nn.ReLU(), nn.LayerNorm(4)), None, "static", sparsity=0.5)
     with pytest.raises(ConfigError, match="valid: none"):
         SparsityEngine(mlp(), None, "static", sparsity=0.5, delta_t=10)
+
+
+@pytest.mark.parametrize("name, method", [("Static", "static"), ("SET", "set"), ("RigL", "rigl"), ("SNFS", "snfs")])
+def test_named_constructors_build_the_one_engine(name, method):
+    """sparsetrain.RigL(...) and friends are documented functions returning a SparsityEngine."""
+    import inspect
+
+    import sparsetrain
+
+    make = getattr(sparsetrain, name)
+    assert inspect.isfunction(make) and make.__name__ == name and re.search(r"20[12][0-9]", make.__doc__)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    engine = make(model, None, sparsity=0.5, total_steps=10)
+    assert type(engine) is sparsetrain.SparsityEngine and engine.method.name == method

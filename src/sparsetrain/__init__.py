@@ -10,18 +10,14 @@ Public API::
 """
 from .errors import CheckpointError, ConfigError, DataError, SparsetrainError, TrainingError
 from .registry import DATASETS, DISTRIBUTIONS, METHODS, MODELS
-from .sparsity.distributions import layer_densities
-from .sparsity.engine import SparsityEngine, _factory
+from .sparsity.distributions import layer_densities, plan_densities
+from .sparsity.constructors import SET, SNFS, RigL, Static
+from .sparsity.engine import SparsityEngine
 
 __version__ = "0.1.0"
 
-Static = _factory("static")
-SET = _factory("set")
-RigL = _factory("rigl")
-SNFS = _factory("snfs")
-
 __all__ = [
-    "SparsityEngine", "Static", "SET", "RigL", "SNFS", "layer_densities",
+    "SparsityEngine", "Static", "SET", "RigL", "SNFS", "layer_densities", "plan_densities",
     "METHODS", "MODELS", "DATASETS", "DISTRIBUTIONS",
     "SparsetrainError", "ConfigError", "DataError", "CheckpointError", "TrainingError",
 ]

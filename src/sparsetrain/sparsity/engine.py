@@ -438,12 +438,3 @@ class SparsityEngine:
         self.method.load_state_dict(state.get("method", {}))
         self.apply_masks()
         self._arm_capture()
-
-
-def _factory(method: str):
-    def make(model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None, **kwargs) -> SparsityEngine:
-        return SparsityEngine(model, optimizer, method, **kwargs)
-
-    make.__name__ = method
-    make.__doc__ = f"``SparsityEngine(model, optimizer, '{method}', **kwargs)``; see :class:`SparsityEngine`."
-    return make
