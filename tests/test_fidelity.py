@@ -71,3 +71,24 @@ def test_small_dense_width_reproduces_the_reference_resnet50_widths(sparsity, co
     params = cfg_of(*IMAGENET, "sparsity.method=small_dense", f"sparsity.sparsity={sparsity}",
                     "sparsity.distribution=erk", "sparsity.options.match=params")
     assert SmallDense.adjust_config(params, info).model.width < width - 0.03
+
+
+# --- item 6: each method's default layer distribution is its paper's -----------------------------
+@pytest.mark.parametrize("method, expected", [("gmp", "uniform"), ("snip", "uniform"), ("edge_popup", "uniform"),
+                                              ("rigl", "erk"), ("set", "erk"), ("snfs", "erk"), ("static", "erk")])
+def test_default_distribution_follows_the_method_paper(method, expected):
+    from sparsetrain.config import run_hash
+
+    cfg = cfg_of(f"sparsity.method={method}")
+    assert cfg.sparsity.distribution == expected
+    # resolved into the config: the same run (and hash) as spelling the distribution out
+    assert run_hash(cfg) == run_hash(cfg_of(f"sparsity.method={method}", f"sparsity.distribution={expected}"))
+
+
+def test_an_explicit_distribution_wins_and_list_shows_the_defaults(capsys):
+    from sparsetrain.cli import main
+
+    assert cfg_of("sparsity.method=gmp", "sparsity.distribution=erk").sparsity.distribution == "erk"
+    assert main(["list"]) == 0
+    line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("default distribution")][0]
+    assert "gmp=uniform" in line and "rigl=erk" in line
