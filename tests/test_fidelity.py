@@ -92,3 +92,62 @@ def test_an_explicit_distribution_wins_and_list_shows_the_defaults(capsys):
     assert main(["list"]) == 0
     line = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("default distribution")][0]
     assert "gmp=uniform" in line and "rigl=erk" in line
+
+
+# --- item 1: sanity-check variants start from the unmasked init ---------------------------------
+BASE = ("model.name=mlp", "data.batch_size=256", "train.progress=off", "optim.lr=0.05")
+
+
+@pytest.mark.parametrize("check", ["shuffle", "invert"])
+def test_sanity_variants_start_every_new_weight_from_the_unmasked_init(tmp_path, check):
+    import torch
+
+    from sparsetrain.experiments.sanity import load_ticket, variant
+    from sparsetrain.train.trainer import Trainer
+
+    cfg = load_config(overrides=BASE + ("sparsity.method=snip", "sparsity.sparsity=0.9", "train.steps=2",
+                                        f"out_dir={tmp_path}"))
+    Trainer(cfg, tmp_path / "snip").run()
+    ticket = load_ticket(tmp_path / "snip")
+    masks, weights = variant(check, ticket, cfg, dataset_info("digits"))
+    for name, mask in masks.items():
+        new = mask & ~ticket["masks"][name]       # enabled by the variant, pruned in the ticket
+        w, init = weights[name][new], ticket["init"][name][new]
+        assert new.sum() > 50
+        # a continuous init gives no exact zeros (before: 89-100 % of these were exactly 0)
+        assert float((w == 0).float().mean()) < 0.01
+        assert torch.equal(w, init)
+
+
+# --- item 2: Gem-Miner's ticket is the rounded mask by default -------------------------------------
+def _gem_with_scores(final_mask):
+    import torch
+    from torch import nn
+
+    from sparsetrain.sparsity.engine import SparsityEngine
+    from sparsetrain.sparsity.methods.gem_miner import GemMask
+
+    eng = SparsityEngine(nn.Linear(10, 10, bias=False), None, "gem_miner", sparsity=0.5, distribution="uniform",
+                         dense_first=False, total_steps=10, final_mask=final_mask)
+    gm = eng.method
+    # after the last freeze exactly K = 50 weights are flagged; 30 of them round to 1, 20 to 0
+    scores = torch.zeros(100)
+    scores[:30], scores[30:50], scores[50:] = 0.9, 0.3, 0.1
+    mod = GemMask(scores.reshape(10, 10).clone())
+    mod.flag.copy_((torch.arange(100) < 50).reshape(10, 10))
+    gm.mods = {eng.targets[0].name: mod}
+    return gm, eng
+
+
+def test_gem_miner_installs_the_rounded_ticket_and_warns_when_it_misses(caplog):
+    gm, eng = _gem_with_scores("rounded")
+    with caplog.at_level("WARNING"):
+        masks = gm.final_masks(eng)
+    assert sum(int(m.sum()) for m in masks.values()) == 30  # q ⊙ r(p), not the 50 asked for
+    assert "below the target" in caplog.text
+
+
+def test_gem_miner_top_k_option_keeps_the_exact_count():
+    gm, eng = _gem_with_scores("top_k")
+    masks = gm.final_masks(eng)
+    assert sum(int(m.sum()) for m in masks.values()) == 50
