@@ -151,3 +151,82 @@ def test_gem_miner_top_k_option_keeps_the_exact_count():
     gm, eng = _gem_with_scores("top_k")
     masks = gm.final_masks(eng)
     assert sum(int(m.sum()) for m in masks.values()) == 50
+
+
+# --- item 5: SNFS as the RigL paper runs it, and Dettmers & Zettlemoyer's sparse momentum ---------
+def _sgd_engine(method, steps=12, **options):
+    import torch
+    from torch import nn
+
+    from sparsetrain.sparsity.engine import SparsityEngine
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 15), nn.ReLU(), nn.Linear(15, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    eng = SparsityEngine(model, opt, method, sparsity=0.8, distribution="uniform", dense_first=False,
+                         total_steps=steps, delta_t=4, **options)
+    return model, opt, eng
+
+
+def _one_step(model, opt, eng, g):
+    """One training step; returns the masks before and after it."""
+    import torch
+    from torch import nn
+
+    opt.zero_grad()
+    x, y = torch.randn(8, 10, generator=g), torch.randint(0, 4, (8,), generator=g)
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = dict(eng.masks)
+    eng.step_optimizer()
+    return before, dict(eng.masks)
+
+
+def test_snfs_default_keeps_every_layer_count():
+    from test_methods import train_counts
+
+    assert len({tuple(h) for h in train_counts("snfs")}) == 1  # before: redistributed by momentum
+
+
+@pytest.mark.parametrize("method, inherits", [("snfs", False), ("sparse_momentum", True)])
+def test_regrown_weights_inherit_momentum_only_in_sparse_momentum(method, inherits):
+    import torch
+
+    model, opt, eng = _sgd_engine(method, steps=12)
+    fresh_total, nonzero, g = 0, False, torch.Generator().manual_seed(1)
+    for _ in range(12):
+        old, new = _one_step(model, opt, eng, g)
+        for t in eng.targets:
+            fresh = new[t.name] & ~old[t.name]
+            fresh_total += int(fresh.sum())
+            buf = opt.state[t.param]["momentum_buffer"][fresh]
+            if inherits:  # the dense momentum accumulated while inactive
+                assert torch.equal(buf, eng.method.ema[t.name][fresh])
+                nonzero = nonzero or bool((buf != 0).any())
+            else:         # RigL's rule: zero optimizer state for new weights
+                assert bool((buf == 0).all())
+        if fresh_total:
+            break
+    assert fresh_total > 0 and nonzero == inherits
+
+
+def test_sparse_momentum_schedule_and_low_sparsity_cap():
+    from sparsetrain.sparsity.methods.sparse_momentum import SparseMomentum
+
+    model, opt, eng = _sgd_engine("sparse_momentum", steps=40)
+    eng.method.epoch_steps(10)
+    m = eng.method
+    assert [s for s in range(40) if m.is_update_step(s)] == [9, 19, 29]  # epoch ends but the last
+    assert m.drop_fraction(0) == pytest.approx(0.5) and m.drop_fraction(40) == pytest.approx(0.005)
+    assert SparseMomentum.layer_rate(0.1, 0.6, 3, 0.5) == 0.1    # low sparsity, above the uniform share
+    assert SparseMomentum.layer_rate(0.1, 0.2, 3, 0.5) == 0.5    # below its share: full rate
+    assert SparseMomentum.layer_rate(0.5, 0.9, 3, 0.5) == 0.5    # sparse enough: full rate
+
+
+def test_sparse_momentum_updates_once_per_epoch_in_a_run(tmp_path):
+    from sparsetrain.train.trainer import Trainer
+
+    cfg = load_config(overrides=BASE + ("sparsity.method=sparse_momentum", "train.epochs=3",
+                                        f"out_dir={tmp_path}"))
+    tr = Trainer(cfg, tmp_path / "sm")
+    spe = tr.steps_per_epoch
+    assert [s for s in range(tr.total_steps) if tr.engine.method.is_update_step(s)] == [spe - 1, 2 * spe - 1]
