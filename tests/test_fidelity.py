@@ -230,3 +230,23 @@ def test_sparse_momentum_updates_once_per_epoch_in_a_run(tmp_path):
     tr = Trainer(cfg, tmp_path / "sm")
     spe = tr.steps_per_epoch
     assert [s for s in range(tr.total_steps) if tr.engine.method.is_update_step(s)] == [spe - 1, 2 * spe - 1]
+
+
+# --- item 9: documented RigL differences (start at ΔT, lowest-index ties) ------------------------
+def test_rigl_first_update_at_delta_t_and_start_zero_reproduces_the_reference():
+    from torch import nn
+
+    from sparsetrain.sparsity.engine import SparsityEngine
+
+    default = SparsityEngine(nn.Linear(8, 8), None, "rigl", sparsity=0.5, total_steps=1000).method
+    assert not default.is_update_step(0) and default.is_update_step(100)
+    ref = SparsityEngine(nn.Linear(8, 8), None, "rigl", sparsity=0.5, total_steps=1000, start=0).method
+    assert ref.is_update_step(0) and ref.is_update_step(100)
+
+
+def test_ties_go_to_the_lowest_index():
+    import torch
+
+    from sparsetrain.sparsity.topk import topk_mask
+
+    assert topk_mask(torch.tensor([1.0, 2.0, 2.0, 2.0, 0.5]), 2).tolist() == [False, True, True, False, False]
