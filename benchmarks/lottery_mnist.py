@@ -141,8 +141,8 @@ Short schedules: the numbers compare methods under one small budget, not the pap
 
 {table(rows, sanity_results)}
 
-Small-Dense is LeNet-300-100 at width {fmt(width, '.4f')}: as many parameters as the sparse
-model has nonzeros.
+Small-Dense is LeNet-300-100 at width {fmt(width, '.4f')}: as large as the sparse model
+(nonzeros + mask bits / 32, the size rule of docs/methods.md).
 
 IMP rounds (density of the sparsified layers, test accuracy after the round's training):
 
@@ -164,12 +164,13 @@ IMP rounds (density of the sparsified layers, test accuracy after the round's tr
   schedule from step k instead).
 - **edge-popup** keeps the top-k |score| per layer (k from ERK), straight-through to the
   scores through |·|; **Gem-Miner** follows Sreenivasan et al. (scores in [0, 1], r(p) = 1[p ≥ 0.5]
-  with STE, clamp, λ·Σp², global freezing at ρ = 1 − d^(1/n) every T epochs, exact top-K at the
-  end). Ties among clipped scores are broken at random (seeded); with the lower-index rule a
+  with STE, clamp, λ·Σp², global freezing at ρ = 1 − d^(1/n) every T epochs, the rounded mask
+  q ⊙ r(p) at the end). Ties among clipped scores are broken at random (seeded); with the lower-index rule a
   global selection would favour the first layer. Mining here uses signed-constant weights,
   Gem-Miner λ = 1e-5 and score LR 10 (tuned for the short budget), edge-popup score LR 0.1.
 - **Sanity checks** retrain every variant as a static sparse run with the run's recipe, from
-  the ticket's own weights (shuffle, invert) or a fresh default init (reinit).
+  the ticket's unmasked init weights (shuffle, invert: newly enabled weights start at their init
+  values, as in Frankle et al.) or a fresh default init (reinit).
 
 ## Commands
 

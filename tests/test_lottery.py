@@ -138,7 +138,9 @@ def test_edge_popup_keeps_exactly_k_and_passes_gradients_through():
 
 def test_gem_miner_end_to_end_reaches_the_density_exactly(tmp_path):
     # 3 epochs of mining with T = 1: freezes after epochs 1 and 2 (the last lands on the target)
-    cfg = cfg_for(tmp_path, "gem_miner", 0.8, 3, '{"freeze_period":1,"finetune":0.134,"reg_lambda":1e-5}')
+    # final_mask=top_k: exactly the target count (the default, rounded, is pinned in test_fidelity)
+    cfg = cfg_for(tmp_path, "gem_miner", 0.8, 3,
+                  '{"freeze_period":1,"finetune":0.134,"reg_lambda":1e-5,"final_mask":"top_k"}')
     run_dir = tmp_path / "gm"
     summary = Trainer(cfg, run_dir).run()
     info = summary["gem_miner"]

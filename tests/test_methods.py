@@ -204,7 +204,8 @@ def train_counts(method, steps=24, **options):
     return history
 
 
-@pytest.mark.parametrize("method,options", [("snfs", {}), ("rigl", {"redistribution": "magnitude"}),
+@pytest.mark.parametrize("method,options", [("snfs", {"redistribution": "momentum"}), ("sparse_momentum", {}),
+                                            ("rigl", {"redistribution": "magnitude"}),
                                             ("set", {"redistribution": "magnitude"})])
 def test_redistribution_keeps_the_global_count(method, options):
     history = train_counts(method, **options)

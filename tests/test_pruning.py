@@ -240,7 +240,7 @@ def test_small_dense_matches_the_sparse_nonzero_count():
 
     info = DataInfo("digits", (64,), 10)
     cfg = load_config(overrides=("model.name=lenet300", "sparsity.method=small_dense", "sparsity.sparsity=0.9",
-                                 "sparsity.distribution=uniform"))
+                                 "sparsity.distribution=uniform", "sparsity.options.match=params"))
     target = sparse_nonzeros(cfg, info)
     # uniform keeps the first layer dense: 64·300 + 300 + 100 + 300·100·0.1 + 10 + 100·10·0.1
     assert target == 19200 + 300 + 100 + 10 + 3000 + 100

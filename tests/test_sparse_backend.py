@@ -363,12 +363,12 @@ def test_set_masks_repatterns_compressed_layers_and_compresses_newly_sparse_ones
 
 
 def test_snfs_checkpoint_round_trip_is_exact():
-    _, (b, ob, eb) = pair("snfs", adam, delta_t=2)
+    _, (b, ob, eb) = pair("snfs", adam, delta_t=2, redistribution="momentum")
     counts = [l.nnz for l in eb.layers.values()]
     train(b, eb, ob, batches(3))                                       # update at step 2
     assert [l.nnz for l in eb.layers.values()] != counts               # redistribution moved counts
     state = copy.deepcopy({"model": b.state_dict(), "opt": ob.state_dict(), "engine": eb.state_dict()})
-    _, (c, oc, ec) = pair("snfs", adam, delta_t=2)
+    _, (c, oc, ec) = pair("snfs", adam, delta_t=2, redistribution="momentum")
     c.load_state_dict(state["model"])
     oc.load_state_dict(state["opt"])
     ec.load_state_dict(state["engine"])

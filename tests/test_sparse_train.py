@@ -110,7 +110,8 @@ def test_resume_after_sigkill_is_bitwise(tmp_path, runs):
 def test_gmp_compresses_layers_during_the_run_and_resumes(tmp_path, capsys):
     gmp = ["train", "--quiet", "--set", "train.steps=40", "--set", "train.eval_every=20",
            "--set", "train.checkpoint_every=10", "--set", "data.batch_size=32", "--set", "sparsity.method=gmp",
-           "--set", "sparsity.sparsity=0.95", "--set", 'sparsity.options={"frequency": 5, "end_fraction": 0.5}',
+           "--set", "sparsity.sparsity=0.95", "--set", "sparsity.distribution=erk",
+           "--set", 'sparsity.options={"frequency": 5, "end_fraction": 0.5}',
            "--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"min_size": 0}']
     code, _, err = cli([*gmp, "--out-dir", str(tmp_path)], capsys)
     assert code == 0, err

@@ -63,6 +63,19 @@ class OptimConfig:
     betas: Tuple[float, float] = (0.9, 0.999)
 
 
+#: Layer distribution of each method's source paper, used when ``sparsity.distribution`` is not
+#: given: GMP (Zhu & Gupta 2018; the RigL paper's pruning rows, after Gale et al. 2019), SNIP (the
+#: RigL paper's SNIP baseline, per layer) and edge-popup (Ramanujan et al. 2020, the same top-k% in
+#: every layer) run uniform; every other method the RigL paper's ERK. docs/methods.md lists them.
+PAPER_DISTRIBUTIONS = {"gmp": "uniform", "snip": "uniform", "edge_popup": "uniform"}
+DEFAULT_DISTRIBUTION = "erk"
+
+
+def default_distribution(method: str) -> str:
+    """The layer distribution method ``method`` defaults to (its source paper's)."""
+    return PAPER_DISTRIBUTIONS.get(method, DEFAULT_DISTRIBUTION)
+
+
 @dataclass(frozen=True)
 class SparsityConfig:
     """Sparse-training method and layer distribution; ``options`` are the method's own
@@ -71,11 +84,15 @@ class SparsityConfig:
     ``backend``: "masked" (dense weights times masks, every device) or "sparse" (CPU only: large
     Linear layers at low density are stored as CSR and trained with sparse kernels, see
     docs/performance.md); ``backend_options`` go to the compressed storage policy (``sparsetrain.sparsity.storage.BackendPolicy``)
-    (``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems``, ``kernel``)."""
+    (``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems``, ``kernel``).
+
+    ``distribution`` left out (None) becomes the method's paper default
+    (:func:`default_distribution`) as the config is built, so the stored and hashed value is
+    always a concrete name."""
 
     method: str = "rigl"
     sparsity: float = 0.9
-    distribution: str = "erk"
+    distribution: Optional[str] = None
     dense_first: Optional[bool] = None
     dense_last: bool = False
     include: Tuple[str, ...] = ()
@@ -85,6 +102,10 @@ class SparsityConfig:
     options: Dict[str, Any] = field(default_factory=dict)
     backend: str = "masked"
     backend_options: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.distribution is None:  # frozen: resolve the default once, as the config is built
+            object.__setattr__(self, "distribution", default_distribution(self.method))
 
 
 @dataclass(frozen=True)

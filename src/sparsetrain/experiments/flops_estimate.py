@@ -11,7 +11,7 @@ Making All Tickets Winners", ICML 2020, App. H).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from ..config import RunConfig, SparsityConfig
 from ..data import dataset_info
@@ -20,6 +20,7 @@ from ..models import build_model
 from ..registry import METHODS
 from ..sparsity import methods as _methods  # noqa: F401  (registers the built-in methods)
 from ..sparsity.distributions import plan_densities
+from ..sparsity.run import adjusted_config
 from ..train.flops_meter import input_spec
 
 
@@ -46,23 +47,32 @@ def start_densities(model, method, s: SparsityConfig) -> Dict[str, float]:
     return plan.exact_densities()
 
 
-def flops_summary(report: FlopsReport, method, multiplier: float) -> Dict[str, Any]:
+def flops_summary(report: FlopsReport, method, multiplier: float, f_d: Optional[float] = None) -> Dict[str, Any]:
     """Totals, inference ratio and training FLOPs per example per step, also as a multiple of
-    dense (3·f_D) and of the dense run when trained ``multiplier`` times longer."""
-    f_s, f_d = report.sparse, float(report.dense)
+    dense (3·f_D) and of the dense run when trained ``multiplier`` times longer. ``f_d``: the
+    configured dense model's forward FLOPs when the counted model differs from it (Small-Dense
+    trains a narrower one); default the counted model's own dense cost."""
+    f_s, f_d = report.sparse, float(report.dense if f_d is None else f_d)
     train = method.training_flops(f_s, f_d)
     rel = relative_to_dense(train, f_d) if f_d else 1.0
-    return {"inference_flops": f_s, "inference_flops_dense": f_d, "inference_flops_ratio": report.ratio,
+    return {"inference_flops": f_s, "inference_flops_dense": f_d, "inference_flops_ratio": f_s / f_d if f_d else 1.0,
             "train_flops_per_example": train, "train_flops_dense_per_example": 3.0 * f_d,
             "train_flops_ratio": rel, "multiplier": multiplier, "train_flops_ratio_extended": rel * multiplier}
 
 
 def estimate_flops(cfg: RunConfig) -> FlopsEstimate:
-    """Count ``cfg``'s model at its starting densities; ConfigError for an unknown or bad
-    model, dataset, method, option or distribution."""
+    """Count the model ``cfg`` trains (Small-Dense: the narrowed one) at its starting densities,
+    against the configured full-width dense model; ConfigError for an unknown or bad model,
+    dataset, method, option or distribution."""
     info = dataset_info(cfg.data.name, **cfg.data.options)
-    model = build_model(cfg.model.name, info, width=cfg.model.width, **cfg.model.options)
     method = build_method(cfg.sparsity)
+    trained = adjusted_config(METHODS.get(cfg.sparsity.method), cfg, info)
+    model = _model(trained, info)
     shape, dtype = input_spec(info)
     report = count_flops(model, shape, start_densities(model, method, cfg.sparsity), input_dtype=dtype)
-    return FlopsEstimate(report, method, flops_summary(report, method, cfg.train.multiplier))
+    f_d = None if trained.model == cfg.model else float(count_flops(_model(cfg, info), shape, input_dtype=dtype).dense)
+    return FlopsEstimate(report, method, flops_summary(report, method, cfg.train.multiplier, f_d))
+
+
+def _model(cfg: RunConfig, info):
+    return build_model(cfg.model.name, info, width=cfg.model.width, **cfg.model.options)

@@ -4,12 +4,15 @@ Frankle, Dziugaite, Roy & Carbin, "Pruning Neural Networks at Initialization: Wh
 the Mark?", ICLR 2021, as used by Gem-Miner (Sreenivasan et al., NeurIPS 2022, §3.2 / Table 2).
 For a finished run, the ticket (mask + the weights its final training started from: ``ticket.pt``
 when the method wrote one, else the final mask and the run's seeded init) is varied and each
-variant is trained with the run's config as a static sparse run:
+variant is trained with the run's config as a static sparse run. As in Frankle et al., every
+weight of a variant's mask starts from the original, UNMASKED initialisation (the ticket's
+``init``), so weights a shuffled or inverted mask enables start at their init values, not at the
+zeros the ticket's masked weights hold:
 
-- ``shuffle``: the mask permuted at random within each layer (same per-layer counts);
+- ``shuffle``: the mask permuted at random within each layer (same per-layer counts), from the init;
 - ``reinit``: the weights re-drawn from the model's init with another seed (same mask);
-- ``invert``: per layer, keep the LOWEST scores instead of the highest (same counts), for
-  methods with scores (SNIP, GraSP, SynFlow, edge-popup, Gem-Miner);
+- ``invert``: per layer, keep the LOWEST scores instead of the highest (same counts), from the
+  init, for methods with scores (SNIP, GraSP, SynFlow, edge-popup, Gem-Miner);
 - ``original``: the ticket itself, retrained with the same static recipe (a control).
 
 A good ticket "passes" when the variants lose accuracy. Results: ``sanity.json`` in the run
@@ -37,16 +40,20 @@ Masks = Dict[str, torch.Tensor]
 
 
 def load_ticket(run_dir: Path) -> dict:
-    """{"masks", "weights" (or None: the run's seeded init), "scores" (or None)} of a finished run."""
+    """{"masks", "weights" (masked; or None: the run's seeded init), "init" (unmasked; or None),
+    "scores" (or None)} of a finished run."""
     run_dir = Path(run_dir)
     if (run_dir / "ticket.pt").is_file():
         t = load_checkpoint_file(run_dir / "ticket.pt")
-        return {"masks": t["masks"], "weights": t.get("weights"), "scores": t.get("scores")}
+        if t.get("init") is None:
+            log.warning("'%s' is a ticket from before the unmasked init was saved: weights a shuffled or "
+                        "inverted mask enables start at 0; rerun the method for Frankle et al.'s protocol", run_dir)
+        return {"masks": t["masks"], "weights": t.get("weights"), "init": t.get("init"), "scores": t.get("scores")}
     ck = load_checkpoint(run_dir / "checkpoint.pt")
     if not ck.get("engine"):
         raise ConfigError(f"run '{run_dir}' trained without masks (dense/small_dense); sanity checks need a mask")
     return {"masks": {n: m.to_dense() if m.layout != torch.strided else m for n, m in ck["engine"]["masks"].items()},
-            "weights": None, "scores": None}
+            "weights": None, "init": None, "scores": None}
 
 
 def load_checkpoint_file(path: Path) -> dict:
@@ -80,18 +87,29 @@ def reinitialised(cfg, info, seed: int) -> Dict[str, torch.Tensor]:
     return build_model(m.name, info, width=m.width, **m.options).state_dict()
 
 
+def unmasked_init(ticket: dict, cfg, info) -> dict:
+    """The weights a varied mask starts from: the ticket's unmasked init; for a run without a
+    ticket file, its seeded init rebuilt (the Trainer seeds with ``cfg.seed`` before building the
+    model); for an old ticket without ``init``, its masked weights."""
+    if ticket.get("init") is not None:
+        return ticket["init"]
+    if ticket["weights"] is None:
+        return reinitialised(cfg, info, cfg.seed)
+    return ticket["weights"]
+
+
 def variant(check: str, ticket: dict, cfg, info) -> Tuple[Masks, Optional[dict]]:
     """(masks, weights or None) of one check; ConfigError if it does not apply."""
     masks, weights = ticket["masks"], ticket["weights"]
     if check == "shuffle":
-        return shuffled(masks, cfg.seed + 1), weights
+        return shuffled(masks, cfg.seed + 1), unmasked_init(ticket, cfg, info)
     if check == "reinit":
         return masks, reinitialised(cfg, info, cfg.seed + 1)
     if check == "invert":
         if ticket["scores"] is None:
             raise ConfigError("this method keeps no scores (invert applies to SNIP, GraSP, SynFlow, "
                               "edge_popup and gem_miner)")
-        return inverted(masks, ticket["scores"]), weights
+        return inverted(masks, ticket["scores"]), unmasked_init(ticket, cfg, info)
     return masks, weights
 
 

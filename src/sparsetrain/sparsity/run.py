@@ -230,15 +230,21 @@ def cpu_copy(tensors: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return {n: t.detach().cpu().clone() for n, t in tensors.items()}
 
 
-def save_ticket(run: RunContext, scores: Optional[Mapping[str, torch.Tensor]] = None) -> Optional[Path]:
+def save_ticket(run: RunContext, scores: Optional[Mapping[str, torch.Tensor]] = None,
+                init: Optional[Mapping[str, torch.Tensor]] = None) -> Optional[Path]:
     """Write ``ticket.pt`` in the run directory: the mask, the weights training starts from
-    (init or rewind point, masked) and the method's scores if it has any. The ``sanity``
-    command reads it (Frankle et al., "Pruning Neural Networks at Initialization: Why Are We
-    Missing the Mark?", ICLR 2021 checks)."""
+    (init or rewind point, masked), the same weights UNMASKED (``init``: the model's state before
+    the mask was applied; default the model as it is now) and the method's scores if it has any.
+
+    The ``sanity`` command reads it (Frankle et al., "Pruning Neural Networks at Initialization:
+    Why Are We Missing the Mark?", ICLR 2021): a shuffled or inverted mask enables weights the
+    ticket pruned, and those must start from their original initial values, not from the zeros
+    the masked weights hold."""
     engine = run.engine
     if engine is None or not run.is_main:
         return None
     payload = {"masks": cpu_copy(engine.masks), "weights": cpu_copy(run.model.state_dict()),
+               "init": cpu_copy(run.model.state_dict() if init is None else init),
                "scores": None if scores is None else {n: s.float() for n, s in cpu_copy(scores).items()},
                "method": engine.method.name}
     return run.save_artifact("ticket.pt", to_bytes(payload))

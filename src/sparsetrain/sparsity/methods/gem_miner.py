@@ -7,13 +7,21 @@ frozen flag q ∈ {0, 1}; the layer computes w ⊙ q ⊙ r(p) with r(p) = 1[p �
 straight-through gradient to p; p is clamped to [0, 1] after every step and the loss has
 λ·Σ p² added. Every T epochs (after epoch indices T, 2T, ... ≤ E − 1, so n = floor((E − 1)/T)
 times) the lowest-scoring still-flagged weights network-wide are frozen out at the rate
-ρ = 1 − d^(1/n), d the target density; the last freeze lands exactly on the target count. At the
-end of mining the mask is the top-K scores among flagged weights, K the exact target count (this
-equals q ⊙ r(p) unless rounding left a residue, which is reported). Then the init weights are
-trained under that mask (:mod:`.mining`).
+ρ = 1 − d^(1/n), d the target density; the last freeze lands exactly on the target count.
+
+The ticket (``final_mask``): ``"rounded"`` (default) is Algorithm 1's output and the default of
+the gem code, q ⊙ r(p): the flagged weights whose score rounds to 1. Its density can fall below
+the target when the regulariser pushed flagged scores under 0.5; the rounded density is reported
+and a warning is logged when it misses the target by more than 5 % (relative). If rounding left no
+weight at all, the top-K flagged scores are used instead, as the gem code prunes to the target
+when the whole network was pruned. ``"top_k"`` (the behaviour before issue #12): exactly the
+target count K, the top-K scores among flagged weights, whatever their rounding. The accuracy
+before weight training is measured on the installed ticket. Then the init weights are trained
+under it (:mod:`.mining`).
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from typing import List
@@ -26,6 +34,8 @@ from ...registry import METHODS
 from ..run import Callback, RunContext
 from .mining import MiningOptions, ScoreMining, target_count
 from .pruning import select
+
+log = logging.getLogger(__name__)
 
 
 class _RoundSTE(torch.autograd.Function):
@@ -69,10 +79,17 @@ def freeze_rate(density: float, n_freezes: int) -> float:
 
 @dataclass(frozen=True)
 class GemMinerOptions(MiningOptions):
-    """``reg_lambda``: λ of the λ·Σ p² regulariser; ``freeze_period``: T, epochs between freezes."""
+    """``reg_lambda``: λ of the λ·Σ p² regulariser; ``freeze_period``: T, epochs between freezes;
+    ``final_mask``: ``rounded`` (q ⊙ r(p), the paper's) or ``top_k`` (exactly the target count)."""
 
     reg_lambda: float = 1e-4
     freeze_period: int = 5
+    final_mask: str = "rounded"
+
+
+FINAL_MASKS = ("rounded", "top_k")
+#: relative shortfall of the rounded ticket's count below the target that is logged as a warning
+MISS_TOLERANCE = 0.05
 
 
 @METHODS.register("gem_miner")
@@ -90,6 +107,8 @@ class GemMiner(ScoreMining):
             raise ConfigError(f"reg_lambda must be >= 0, got {self.options.reg_lambda}")
         if int(self.options.freeze_period) < 1:
             raise ConfigError(f"freeze_period (epochs) must be >= 1, got {self.options.freeze_period}")
+        if self.options.final_mask not in FINAL_MASKS:
+            raise ConfigError(f"final_mask must be one of {', '.join(FINAL_MASKS)}, got '{self.options.final_mask}'")
 
     def setup(self, engine) -> None:
         super().setup(engine)
@@ -135,6 +154,20 @@ class GemMiner(ScoreMining):
         return rec
 
     def final_masks(self, engine):
+        rounded = self.current_masks()
+        count = sum(int(m.sum()) for m in rounded.values())
+        if self.options.final_mask == "rounded" and count > 0:
+            if count < (1.0 - MISS_TOLERANCE) * self.K:
+                log.warning("gem_miner: the rounded ticket has density %.4f, below the target %.4f (%d of %d "
+                            "weights); lower reg_lambda or set sparsity.options.final_mask=top_k",
+                            count / self.N, self.K / self.N, count, self.K)
+            return rounded
+        if self.options.final_mask == "rounded":
+            log.warning("gem_miner: rounding pruned every weight; the ticket is the top-%d flagged scores", self.K)
+        return self.top_k_masks()
+
+    def top_k_masks(self):
+        """Exactly K weights: the top-K scores among flagged ones (ties broken at random)."""
         flags = {k: m.flag for k, m in self.mods.items()}
         return select({k: m.scores for k, m in self.mods.items()}, {k: 0 for k in flags}, "global",
                       eligible=flags, total=min(self.K, sum(int(f.sum()) for f in flags.values())),

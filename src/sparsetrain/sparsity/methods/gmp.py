@@ -30,17 +30,27 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..engine import SparsityEngine
 
 
+#: The reference ImageNet schedule of the RigL paper's pruning baseline (its ResNet-50 FLOPs colab,
+#: after Gale et al. 2019): prune from step 10k to 25k of 32k, every 1k steps; as fractions of
+#: training so that it scales with the run length and train.multiplier.
+REFERENCE_STEPS = 32000
+REFERENCE_START, REFERENCE_END, REFERENCE_EVERY = 10000, 25000, 1000
+
+
 @dataclass(frozen=True)
 class GMPOptions:
     """``start``/``end``: first and last pruning step (default ``start_fraction``/``end_fraction``
-    of training; steps scale with train.multiplier); ``frequency``: Δt between pruning steps;
-    ``initial_sparsity``: s_i; ``scope``: ``layer`` or ``global``."""
+    of training; steps scale with train.multiplier); ``frequency``: Δt between pruning steps
+    (default ``frequency_fraction`` of training, at least 1 step); ``initial_sparsity``: s_i;
+    ``scope``: ``layer`` or ``global``. Defaults: the reference schedule 10k→25k every 1k of 32k
+    steps (:data:`REFERENCE_STEPS`)."""
 
     start: Optional[int] = None
     end: Optional[int] = None
-    start_fraction: float = 0.0
-    end_fraction: float = 0.75
-    frequency: int = 100
+    start_fraction: float = REFERENCE_START / REFERENCE_STEPS
+    end_fraction: float = REFERENCE_END / REFERENCE_STEPS
+    frequency: Optional[int] = None
+    frequency_fraction: float = REFERENCE_EVERY / REFERENCE_STEPS
     initial_sparsity: float = 0.0
     scope: str = "layer"
 
@@ -65,8 +75,10 @@ class GMP(RunHooks, Method):
     def validate(self) -> None:
         o = self.options
         check_scope(o.scope)
-        if int(o.frequency) < 1:
+        if o.frequency is not None and int(o.frequency) < 1:
             raise ConfigError(f"frequency (steps between pruning steps) must be >= 1, got {o.frequency}")
+        if not 0.0 < o.frequency_fraction <= 1.0:
+            raise ConfigError(f"frequency_fraction must be in (0, 1], got {o.frequency_fraction}")
         if not 0.0 <= o.initial_sparsity < 1.0:
             raise ConfigError(f"initial_sparsity must be in [0, 1), got {o.initial_sparsity}")
 
@@ -74,16 +86,21 @@ class GMP(RunHooks, Method):
         total = engine.total_steps
         if total is None or int(total) <= 0:
             raise ConfigError("gmp needs total_steps (the training length) to place its schedule")
-        o = self.options
-        self.begin = _resolve(o.start, o.start_fraction, int(total), "start")
-        self.end = _resolve(o.end, o.end_fraction, int(total), "end")
-        if not 0 <= self.begin <= self.end < int(total):
-            raise ConfigError(f"gmp needs 0 <= start ({self.begin}) <= end ({self.end}) < total steps ({total}); "
-                              "adjust start/end or their fractions")
-        self.total = int(total)
+        self.place(int(total))
         n = sum(t.param.numel() for t in engine.targets)
         self.final = 1.0 - sum(layer_counts(engine).values()) / n  # network-wide s_f
         self.history: list = []
+
+    def place(self, total: int) -> None:
+        """Resolve start, end and frequency in steps for a run of ``total`` steps."""
+        o = self.options
+        self.begin = _resolve(o.start, o.start_fraction, total, "start")
+        self.end = _resolve(o.end, o.end_fraction, total, "end")
+        self.every = int(o.frequency) if o.frequency is not None else max(1, int(round(o.frequency_fraction * total)))
+        if not 0 <= self.begin <= self.end < total:
+            raise ConfigError(f"gmp needs 0 <= start ({self.begin}) <= end ({self.end}) < total steps ({total}); "
+                              "adjust start/end or their fractions")
+        self.total = total
 
     def init_masks(self, engine: "SparsityEngine") -> Dict[str, torch.Tensor]:
         return all_ones(engine)
@@ -91,7 +108,7 @@ class GMP(RunHooks, Method):
     # --- schedule ---------------------------------------------------------------------------
     def is_update_step(self, step: int) -> bool:
         in_range = self.begin <= step <= self.end
-        return in_range and ((step - self.begin) % int(self.options.frequency) == 0 or step == self.end)
+        return in_range and ((step - self.begin) % self.every == 0 or step == self.end)
 
     def target_sparsity(self, step: int, final: float) -> float:
         """Scheduled sparsity at ``step`` of a tensor (or network) whose final sparsity is ``final``."""
@@ -103,7 +120,7 @@ class GMP(RunHooks, Method):
 
     def previous_update(self, step: int) -> Optional[int]:
         """The last pruning step before ``step`` (None before the first)."""
-        last, f = step - 1, int(self.options.frequency)
+        last, f = step - 1, self.every
         if last < self.begin:
             return None
         return self.end if last >= self.end else self.begin + (last - self.begin) // f * f
@@ -158,12 +175,25 @@ class GMP(RunHooks, Method):
         # per-layer scope: every layer's density moves by the same cubic factor c_t, so the sparse
         # forward FLOPs are f_D − c_t·(f_D − f_S); averaged over the steps (the mask of step t is
         # the one set by the last pruning step before t). Global scope: the same approximation.
+        # Without a run (the flops command) the schedule is placed on the reference run length.
+        if getattr(self, "total", None) is None:
+            self.place(self._flops_steps())
         progress = [0.0 if (u := self.previous_update(t)) is None else self.progress(u) for t in range(self.total)]
         c_mean = sum(progress) / self.total
         return 3.0 * (f_d - c_mean * (f_d - f_s))
 
+    def _flops_steps(self) -> int:
+        """Run length to place the schedule on when no run gives one: the reference 32k steps;
+        step-valued options need a run length the FLOPs estimate does not know."""
+        o = self.options
+        if o.start is not None or o.end is not None or o.frequency is not None:
+            raise ConfigError("gmp's training FLOPs without a run need the schedule as fractions of training; "
+                              "set sparsity.options.start_fraction/end_fraction/frequency_fraction instead of "
+                              "start/end/frequency")
+        return REFERENCE_STEPS
+
     def report(self) -> dict:
-        return {"gmp": {"start": self.begin, "end": self.end, "frequency": int(self.options.frequency),
+        return {"gmp": {"start": self.begin, "end": self.end, "frequency": self.every,
                         "scope": self.options.scope, "schedule": list(self.history)}}
 
     def state_dict(self) -> dict:

@@ -140,7 +140,7 @@ class IMP(RunHooks, Method):
             run.model.load_state_dict(self.rewind)
             engine.set_masks(masks, reason=f"imp level {r}")
             if r == self.levels:
-                save_ticket(run)
+                save_ticket(run, init=self.rewind)
         return begin
 
     def _record(self, r: int, round_steps: int):

@@ -8,7 +8,8 @@ initial value and each sparsified weight gets a score tensor; the weight is repa
 gradient, and only the scores are optimised. At the end the exact-count mask is installed in the
 engine, the parametrization is removed (the weights are the untouched init values) and the
 ticket's accuracy before any weight training is recorded. Phase ``finetune``: the init weights
-are trained under the fixed mask (a fresh optimizer and LR schedule).
+are trained under the fixed mask (a fresh optimizer and LR schedule). The ticket written for
+the sanity checks holds the unmasked init weights too.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ...errors import ConfigError
-from ..run import Callback, Phase, RunContext, RunHooks, save_ticket
+from ..run import Callback, Phase, RunContext, RunHooks, cpu_copy, save_ticket
 from ..topk import count_active
 from .base import Method
 from .pruning import all_ones, layer_counts, sparsities
@@ -155,15 +156,17 @@ class ScoreMining(RunHooks, Method):
         rounded = self.current_masks()
         n = sum(m.numel() for m in masks.values())
         self.detach(run)
+        init = cpu_copy(run.model.state_dict())  # the init weights, before the mask zeroes any
         engine.set_masks(masks, reason=f"{self.name} ticket")
         self.ticket = {"density": sum(int(m.sum()) for m in masks.values()) / n,
                        "rounded_density": sum(int(m.sum()) for m in rounded.values()) / n,
+                       "target_density": target_count(engine) / n,
                        "layer_sparsity": sparsities(masks), "step": engine.step}
         for split, m in run.evaluate().items():
             self.ticket.update({f"{split}_{k}": v for k, v in m.items()})
         log.info("%s: ticket at density %.4f, accuracy before weight training %s", self.name,
                  self.ticket["density"], {k: round(v, 4) for k, v in self.ticket.items() if k.endswith("accuracy")})
-        save_ticket(run, scores)
+        save_ticket(run, scores, init)
 
     # --- reporting --------------------------------------------------------------------------
     def eval_metrics(self, engine: "SparsityEngine") -> dict:

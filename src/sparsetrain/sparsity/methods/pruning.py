@@ -16,7 +16,7 @@ import torch
 
 from ...errors import ConfigError
 from ..topk import count_active, topk_mask
-from ..run import Phase, RunContext, RunHooks, save_ticket, task_loss
+from ..run import Phase, RunContext, RunHooks, cpu_copy, save_ticket, task_loss
 from .base import Method
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -140,9 +140,10 @@ class PruneAtInit(RunHooks, Method):
     def _prune_begin(self, run: RunContext) -> None:
         """Phase ``begin``: prune from the batch of step 0 (or the input shape), write the ticket."""
         batch = run.first_batch() if self.needs_data else None
+        init = cpu_copy(run.model.state_dict())  # before the mask zeroes the pruned weights
         self.prune_at_init(run.engine, batch, run.loss_fn, run.info.input_shape,
                            torch.long if run.info.task == "lm" else None)
-        save_ticket(run, self.last_scores)
+        save_ticket(run, self.last_scores, init)
 
     def ticket_step(self, engine: Optional["SparsityEngine"]) -> Optional[int]:
         return None if self.found is None else 0

@@ -1,4 +1,8 @@
-"""SNFS: grow by the momentum of dense gradients, with layer-wise redistribution."""
+"""SNFS as the RigL paper runs it: grow by the momentum of dense gradients, every layer keeping its count.
+
+Dettmers & Zettlemoyer's original algorithm (with redistribution, a dense momentum buffer and a
+per-epoch schedule) is the separate method ``sparse_momentum`` (:mod:`.sparse_momentum`).
+"""
 from dataclasses import dataclass
 
 import torch
@@ -10,18 +14,22 @@ from .set import SET
 
 @dataclass(frozen=True)
 class SNFSOptions(DynamicOptions):
-    redistribution: str = "momentum"
+    """The RigL paper's schedule (ΔT = 100, α = 0.3, cosine to T_end = 0.75·T) and no
+    redistribution, as in its Table 2 SNFS row (the official code's ``momentum`` method)."""
+
+    redistribution: str = "none"
 
 
 @METHODS.register("snfs")
 class SNFS(SET):
-    """Sparse Networks From Scratch / sparse momentum (Dettmers & Zettlemoyer 2019).
+    """Sparse momentum as the RigL paper's SNFS baseline (Evci et al., ICML 2020, Table 2; grow
+    rule of Dettmers & Zettlemoyer 2019, "Sparse Networks from Scratch").
 
     Keeps an exponential moving average (β = ``momentum``) of the dense gradients of every
-    sparsified layer, updated every step — the reason its training cost is 2·f_S + f_D per step
-    in the RigL paper. Grows where |EMA| is largest; the number grown per layer follows each
-    layer's mean |EMA| over its active weights (redistribution). The schedule defaults are the
-    RigL paper's (ΔT = 100, α = 0.3, cosine), as in its SNFS comparison.
+    sparsified layer, updated every step — the reason its training cost is 2·f_S + f_D per step.
+    Drops the smallest |w| and grows where |EMA| is largest, per layer, so every layer keeps its
+    count (``redistribution="momentum"`` moves counts between layers by mean |EMA| instead).
+    New weights start at zero with zero optimizer state, as for RigL.
     """
 
     name = "snfs"
