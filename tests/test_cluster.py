@@ -301,7 +301,7 @@ def test_example_grid_and_its_documentation():
     from sparsetrain.experiments.sweep import build_spec, expand
 
     root = Path(__file__).resolve().parents[1]
-    configs = expand(build_spec(str(root / "configs" / "sweep_digits.toml")))
+    configs = expand(build_spec(str(root / "configs" / "sweeps" / "digits_methods.toml")))
     assert len(configs) == 18 and {c.sparsity.method for c in configs} == {"static", "set", "rigl"}
     doc = (root / "docs" / "cluster.md").read_text()
-    assert "configs/sweep_digits.toml" in doc and "`variants`" in doc and "`grid`" in doc
+    assert "configs/sweeps/digits_methods.toml" in doc and "`variants`" in doc and "`grid`" in doc
