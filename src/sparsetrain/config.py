@@ -329,7 +329,7 @@ def validate(cfg: RunConfig) -> None:
     checks = [
         (cfg.sparsity.distribution != "custom" or bool(cfg.sparsity.custom),
          "sparsity.distribution=custom needs the table sparsity.custom of layer name -> density, e.g. "
-         "--set 'sparsity.custom={\"0.weight\": 0.05}' (see `sparsetrain flops` for layer names)"),
+         "--set 'sparsity.custom={\"layers.0.weight\": 0.05}' (an unknown name is an error that lists them)"),
         (0.0 <= cfg.sparsity.sparsity < 1.0, f"sparsity.sparsity must be in [0, 1), got {cfg.sparsity.sparsity}"),
         (cfg.data.batch_size > 0, f"data.batch_size must be positive, got {cfg.data.batch_size}"),
         (cfg.data.val_size >= 0, f"data.val_size must be >= 0, got {cfg.data.val_size}"),
