@@ -165,7 +165,7 @@ def test_contract_every_model_trains_with_rigl_engine(name, options):
 # --- run-level behaviour --------------------------------------------------------------------------
 def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path, capsys):
     argv = ["train", "--out-dir", str(tmp_path), "--set", "train.steps=30", "--set", "train.checkpoint_every=1",
-            "--set", "optim.lr=1e30"]
+            "--set", "optim.lr=1e30", "--quiet"]
     code, out, err = cli(argv, capsys)
     assert code == 2 and out == ""
     assert err.startswith("sparsetrain: error: loss became") and err.count("\n") == 1
@@ -184,10 +184,14 @@ def test_amp_on_cpu_is_a_config_error(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_progress_is_quiet_when_not_interactive(tmp_path, capsys):
-    assert Progress("auto").enabled is False  # pytest's stderr is not a terminal
-    assert Progress("on").enabled is True and Progress("off").enabled is False
+def test_progress_is_plain_lines_when_not_interactive(tmp_path, capsys):
+    assert Progress("auto").enabled is False and Progress("auto").plain  # pytest's stderr is not a terminal
+    assert Progress("on").enabled is True and Progress("off").enabled is False and not Progress("off").plain
     code, out, err = cli(["train", "--out-dir", str(tmp_path), "--set", "train.steps=20"], capsys)
+    lines = err.splitlines()  # no bar redraws: one line at the start, one at the end
+    assert code == 0 and len(lines) == 2 and "step 0/20 (0%)" in lines[0] and "step 20/20 (100%)" in lines[1], err
+    assert "\r" not in err
+    code, out, err = cli(["train", "--out-dir", str(tmp_path), "--set", "train.steps=20", "--quiet"], capsys)
     assert code == 0 and err == ""
     code, out, err = cli(["train", "--out-dir", str(tmp_path), "--set", "train.steps=21",
                           "--set", "train.progress=on"], capsys)

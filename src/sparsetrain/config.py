@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -325,9 +326,31 @@ def load_config(path: Optional[str] = None, overrides: Tuple[str, ...] = (),
     return cfg
 
 
+#: the largest integer a config key may hold (torch and NumPy take 64-bit integers)
+MAX_INT = 2**63 - 1
+#: NumPy's seed range (seed_everything seeds torch, random and NumPy with ``seed``)
+MAX_SEED = 2**32 - 1
+
+
+def _check_numbers(cfg: RunConfig) -> None:
+    """Every number in the config (lists included, method options aside) is finite and fits 64 bits."""
+    for key, value in flat_items(to_dict(cfg)):
+        for v in value if isinstance(value, list) else [value]:
+            if isinstance(v, float) and not math.isfinite(v):
+                raise ConfigError(f"{key} must be a finite number, got {v}")
+            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT:
+                raise ConfigError(f"{key} is out of range (at most {MAX_INT} in size), got {v}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Value checks that need no data or model."""
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_SEED}] (2**32 - 1), got {cfg.seed}")
+    _check_numbers(cfg)
     checks = [
+        (cfg.sparsity.distribution != "custom" or bool(cfg.sparsity.custom),
+         "sparsity.distribution=custom needs the table sparsity.custom of layer name -> density, e.g. "
+         "--set 'sparsity.custom={\"layers.0.weight\": 0.05}' (an unknown name is an error that lists them)"),
         (0.0 <= cfg.sparsity.sparsity < 1.0, f"sparsity.sparsity must be in [0, 1), got {cfg.sparsity.sparsity}"),
         (cfg.data.batch_size > 0, f"data.batch_size must be positive, got {cfg.data.batch_size}"),
         (cfg.data.val_size >= 0, f"data.val_size must be >= 0, got {cfg.data.val_size}"),
@@ -383,16 +406,78 @@ def key_type(key: str, cls=RunConfig) -> Any:
     raise ConfigError(f"'{key}' is a section, not a config key")
 
 
-def describe_keys(cls=RunConfig, prefix: str = "") -> list[str]:
-    """``key (type) = default`` lines for every config key, for --help."""
+#: what each key means, with its unit (shown by ``sparsetrain train --help``)
+KEY_MEANINGS: Dict[str, str] = {
+    "data.name": "dataset (sparsetrain list)",
+    "data.root": "dataset directory; null: $SPARSETRAIN_DATA, else ./data",
+    "data.download": "let torchvision download a missing dataset",
+    "data.val_size": "training examples held out for validation (count)",
+    "data.augment": "the dataset's standard augmentation on training batches",
+    "data.batch_size": "training examples per step, over all processes",
+    "data.eval_batch_size": "examples per evaluation batch (speed only)",
+    "data.workers": "DataLoader worker processes for evaluation (0: in this process)",
+    "data.options": "the dataset's own options (sparsetrain list)",
+    "model.name": "model (sparsetrain list)",
+    "model.width": "factor on hidden sizes (Small-Dense narrows it)",
+    "model.options": "the model's own options",
+    "optim.name": "sgd, adam or adamw",
+    "optim.lr": "peak learning rate",
+    "optim.momentum": "SGD momentum",
+    "optim.nesterov": "Nesterov momentum (SGD)",
+    "optim.weight_decay": "L2 weight decay",
+    "optim.decay_bias_and_norm": "also decay biases and normalisation weights",
+    "optim.label_smoothing": "label smoothing of the cross-entropy, in [0, 1)",
+    "optim.schedule": "constant, step or cosine learning-rate schedule",
+    "optim.warmup_epochs": "linear warm-up length in epochs (scaled by train.multiplier)",
+    "optim.milestones": "step schedule: epochs at which lr is multiplied by gamma",
+    "optim.gamma": "step schedule: factor at each milestone",
+    "optim.grad_clip": "clip the gradient norm to this (0: no clipping)",
+    "optim.betas": "Adam/AdamW betas",
+    "sparsity.method": "sparse-training method (sparsetrain list)",
+    "sparsity.sparsity": "fraction of zero weights over the sparsified layers, in [0, 1); each layer of N "
+                         "weights at sparsity s keeps N - floor(s*N) (so density can exceed 1 - s by < 1/N)",
+    "sparsity.distribution": "uniform, er, erk or custom: how sparsity is spread over layers",
+    "sparsity.dense_first": "keep the first layer dense (null: true for uniform only)",
+    "sparsity.dense_last": "keep the last layer dense",
+    "sparsity.include": "fnmatch patterns of parameter names to sparsify (empty: every weight matrix)",
+    "sparsity.exclude": "fnmatch patterns of parameter names to keep dense",
+    "sparsity.custom": "layer name -> density; required by distribution=custom",
+    "sparsity.erk_power": "exponent on the ER/ERK layer score",
+    "sparsity.options": "the method's own options, e.g. {\"delta_t\": 100} (see docs/methods.md)",
+    "sparsity.backend": "masked (every device) or sparse (CSR on CPU)",
+    "sparsity.backend_options": "options of the sparse backend",
+    "train.epochs": "training length in epochs (train.steps > 0 wins)",
+    "train.steps": "training length in steps (0: use train.epochs)",
+    "train.multiplier": "extended-training factor on the length (2, 5, ...)",
+    "train.eval_every": "evaluate every N steps (0: once per epoch) and at the end",
+    "train.checkpoint_every": "write checkpoint.pt every N steps (0: once per epoch), at the end and "
+                              "on SIGTERM/SIGINT",
+    "train.device": "auto, cpu, cuda or cuda:N (not hashed)",
+    "train.amp": "mixed precision (CUDA only)",
+    "train.progress": "auto (bar on a terminal, a plain line every minute in a log), on, off",
+    "train.tensorboard": "also write TensorBoard scalars to RUN_DIR/tb",
+    "train.deterministic": "deterministic cuDNN kernels",
+    "train.init_from": "run directory whose final weights (and masks) this run starts from",
+    "train.threads": "CPU intra-op threads (0: one for models under 1M parameters, else PyTorch's "
+                     "default); recorded, and a resume must use the same count",
+    "seed": "random seed of data order, initialisation and masks, in [0, 2**32 - 1]",
+    "out_dir": "where run directories are created",
+}
+
+
+def describe_keys(cls=RunConfig, prefix: str = "", meanings: bool = False) -> list[str]:
+    """``key (type) = default`` lines for every config key, for --help; with ``meanings``,
+    followed by ``: what it means`` (:data:`KEY_MEANINGS`)."""
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            lines += describe_keys(tp, f"{prefix}{f.name}.")
+            lines += describe_keys(tp, f"{prefix}{f.name}.", meanings)
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             name = _type_name(tp)
-            lines.append(f"{prefix}{f.name} ({name}) = {default!r}")
+            line = f"{prefix}{f.name} ({name}) = {default!r}"
+            key = prefix + f.name
+            lines.append(f"{line}: {KEY_MEANINGS[key]}" if meanings and key in KEY_MEANINGS else line)
     return lines

@@ -72,7 +72,8 @@ def as_text(cfg: RunConfig, est: FlopsEstimate) -> str:
              f"{cfg.model.name} on {cfg.data.name} (input {shape}), sparsity {s.sparsity:g}, "
              f"{s.distribution}, method {s.method}" + (f" (ΔT {delta_t})" if s.method == "rigl" else ""),
              f"inference FLOPs: dense {summary['inference_flops_dense']:.4e}, sparse {summary['inference_flops']:.4e}"
-             f" = {summary['inference_flops_ratio']:.4f}x dense",
+             f" = {summary['inference_flops_ratio']:.4f}x dense (the total row's density column is this "
+             "FLOPs ratio, not a weight density)",
              f"training FLOPs per example per step: {summary['train_flops_per_example']:.4e} = "
              f"{summary['train_flops_ratio']:.4f}x dense (3 f_D = {summary['train_flops_dense_per_example']:.4e})"]
     if summary["multiplier"] != 1.0:

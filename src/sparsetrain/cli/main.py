@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import List, Optional
 
-from ..errors import SparsetrainError
+from ..errors import SparsetrainError, first_line
 from . import flops, landscape, list as list_, report, sanity, sweep, train
 from .common import EXIT_USAGE, Parser, fail
 
@@ -39,6 +40,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return COMMANDS[args.command].run(args)
     except SparsetrainError as e:
-        return fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
-    except KeyboardInterrupt:
-        return fail("interrupted; rerun the same command (or --resume RUN_DIR) to continue")
+        return fail(first_line(e, 1000))
+    except KeyboardInterrupt:  # outside a run's own handling (e.g. while loading data)
+        print("sparsetrain: interrupted; rerun the same command (or --resume RUN_DIR) to continue", file=sys.stderr)
+        return 130

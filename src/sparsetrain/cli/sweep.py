@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from ..experiments.sweep import build_spec, describe, expand, run_sweep
+from ..train.stop import StopRequested, StopSignals, exit_code
 from .common import add_config_flags, add_shortcuts, common, config_overrides
 
 NAME = "sweep"
@@ -36,7 +37,13 @@ def run(args) -> int:
             print(f"{status:>8}  {run_dir}")
         print(f"{len(configs)} runs")
         return 0
-    result = run_sweep(configs, jobs=args.jobs, progress=not args.quiet)
+    try:
+        with StopSignals() as signals:
+            result = run_sweep(configs, jobs=args.jobs, progress=not args.quiet, stop=signals.requested)
+    except StopRequested as e:
+        print(f"sparsetrain: sweep {e}; running runs saved a checkpoint; rerun the same command to continue",
+              file=sys.stderr)
+        return exit_code(e.signum)
     c = result.counts
     print(f"sweep: {len(configs)} runs: {c['done']} done, {c['skipped']} skipped (finished before), {c['failed']} failed")
     for o in result.of("failed"):

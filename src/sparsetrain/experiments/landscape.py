@@ -156,11 +156,15 @@ def plot_curve(curve: Mapping[str, Any], path: str | Path) -> Path:
 
 def write_landscape(run_a: str | Path, run_b: str | Path, out: str | Path, points: int = 21,
                     train_examples: int = 0, device: Optional[str] = None) -> Dict[str, Any]:
-    """:func:`interpolate`, then write the PNG at ``out`` and the curve as JSON next to it."""
+    """:func:`interpolate`, then write the curve as JSON next to ``out`` and the PNG at ``out``.
+    The JSON comes first: without matplotlib the ConfigError names the saved curve."""
     curve = interpolate(run_a, run_b, points, train_examples, device)
     png = Path(out)
-    plot_curve(curve, png)
     png.with_suffix(".json").write_text(json.dumps(curve, indent=2))
+    try:
+        plot_curve(curve, png)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the curve is saved in {png.with_suffix('.json')})") from None
     return curve
 
 

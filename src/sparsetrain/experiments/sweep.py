@@ -15,9 +15,16 @@ idempotent: finished runs (``summary.json``) are skipped and interrupted ones re
 ``max(1, cores // jobs)`` torch threads, and one for small models as the CLI's train command
 chooses: :func:`~sparsetrain.train.threads.threads_for`); a failing run is recorded and the sweep
 goes on.
+
+Workers never outlive the sweep: each asks the kernel for SIGTERM when its parent dies (Linux
+``PR_SET_PDEATHSIG``) and also watches its parent's PID once a second. On SIGTERM or SIGINT a
+worker that is training finishes its step, checkpoints and stops; an idle one exits at once. A
+stop request to the sweep itself (``stop``) is passed on the same way. Each run holds its run
+directory's lock, so a rerun never trains a run that a leftover process still trains.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -25,9 +32,12 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
+import sys
+import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -190,11 +200,11 @@ def expand(spec: SweepSpec, check: bool = True) -> List[RunConfig]:
 
 # --- status of runs -----------------------------------------------------------------------------
 def run_status(cfg: RunConfig) -> str:
-    """``finished`` (summary.json), ``partial`` (checkpoint.pt, resumes) or ``new``."""
-    from .run_store import run_dir_for
+    """``finished`` (a readable summary.json), ``partial`` (checkpoint.pt, resumes) or ``new``."""
+    from .run_store import finished_summary, run_dir_for
 
     d = run_dir_for(cfg)
-    if (d / "summary.json").exists():
+    if finished_summary(d) is not None:
         return "finished"
     return "partial" if (d / "checkpoint.pt").exists() else "new"
 
@@ -238,13 +248,55 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _init_worker(threads: int) -> None:
+def _worker_signals():
+    """A worker process's stop handling: while a run trains (``busy``), SIGTERM/SIGINT ask it to
+    checkpoint and stop (:class:`~sparsetrain.train.stop.StopSignals`); an idle worker exits at
+    once."""
+    from ..train.stop import StopSignals, exit_code
+
+    class WorkerSignals(StopSignals):
+        busy = False
+
+        def _handle(self, signum: int, frame) -> None:
+            if not self.busy:
+                os._exit(exit_code(signum))
+            super()._handle(signum, frame)
+
+    return WorkerSignals()
+
+
+#: this worker process's stop handling (set by :func:`_init_worker`; None outside workers)
+_WORKER_STOP = None
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this process when ``parent`` dies: the kernel's parent-death signal on Linux, and
+    a watchdog thread that polls the parent's PID (other systems, or a parent thread exiting)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _init_worker(threads: int, parent: int) -> None:
     """Runs once in each worker process: bound torch's intra-op threads so ``jobs`` workers
-    together use about the machine's cores."""
+    together use about the machine's cores; stop handling; die with the sweep process ``parent``."""
+    global _WORKER_STOP
     import torch
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _WORKER_STOP = _worker_signals().__enter__()
+    _die_with_parent(parent)
 
 
 def _headline(summary: Mapping[str, Any]) -> Optional[str]:
@@ -259,40 +311,59 @@ def _headline(summary: Mapping[str, Any]) -> Optional[str]:
 def run_one(cfg: RunConfig) -> RunOutcome:
     """Train one run to completion (resuming if it has a checkpoint); never raises: a failure is
     returned as an outcome with the error's last lines."""
+    from ..train.stop import StopRequested, exit_code
     from .run_store import default_threads, run_dir_for, train_run
 
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress="off"))
     run_dir, t0 = run_dir_for(cfg), time.time()
     resumed = (run_dir / "checkpoint.pt").exists()
+    stop = _WORKER_STOP
+    if stop is not None and stop.requested() is not None:  # stopping: take no new run
+        os._exit(exit_code(stop.requested()))
     try:
+        if stop is not None:
+            stop.busy = True
         with default_threads(cfg):  # one thread for small models, as the CLI's train command
-            summary = train_run(cfg)
+            summary = train_run(cfg, stop=stop.requested if stop is not None else lambda: None)
+    except StopRequested as e:
+        return RunOutcome(str(run_dir), "stopped", time.time() - t0, resumed, error=str(e))
     except Exception as e:  # one bad run must not end the sweep; the message is kept
         tail = "".join(traceback.format_exception_only(type(e), e)).strip().splitlines()[-1]
         log.debug("run %s failed:\n%s", run_dir, traceback.format_exc())
         return RunOutcome(str(run_dir), "failed", time.time() - t0, resumed, error=tail)
-    return RunOutcome(str(run_dir), "done", time.time() - t0, resumed, _headline(summary))
+    finally:
+        if stop is not None:
+            stop.busy = False
+    status = "skipped" if summary.get("skipped") else "done"  # finished by another process meanwhile
+    return RunOutcome(str(run_dir), status, time.time() - t0, resumed, _headline(summary))
 
 
 # --- driver side ----------------------------------------------------------------------------
 class ProgressView:
-    """The sweep's progress on stderr: one line per finished run and an overall tqdm bar with
-    done/skipped/failed counts. ``enabled=False`` makes it silent (library default)."""
+    """The sweep's progress on stderr: one line per finished run, and on a terminal an overall
+    tqdm bar with done/skipped/failed counts (a log file gets the plain lines with the counts in
+    them, no bar redraws). ``enabled=False`` makes it silent (library default)."""
 
     def __init__(self, total: int, enabled: bool):
-        self.bar = None
-        if enabled:
+        self.bar, self.enabled, self.total, self.seen = None, enabled, total, 0
+        if enabled and sys.stderr.isatty():
             from tqdm.auto import tqdm
             self.bar = tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
 
     def update(self, outcome: RunOutcome, result: SweepResult) -> None:
-        if self.bar is None:
+        if not self.enabled:
             return
+        self.seen += 1
         name = Path(outcome.run_dir).name
-        detail = outcome.error if outcome.status == "failed" else (outcome.test_metric or "")
+        detail = outcome.error if outcome.status in ("failed", "stopped") else (outcome.test_metric or "")
         extra = " (resumed)" if outcome.resumed and outcome.status == "done" else ""
         timing = f"{outcome.seconds:7.1f}s" if outcome.status != "skipped" else " " * 8
-        self.bar.write(f"{outcome.status:>7}{extra} {timing}  {name}  {detail}")
+        line = f"{outcome.status:>7}{extra} {timing}  {name}  {detail}"
+        if self.bar is None:
+            counts = ", ".join(f"{v} {k}" for k, v in result.counts.items())
+            print(f"sweep [{self.seen}/{self.total}; {counts}] {line.strip()}", file=sys.stderr, flush=True)
+            return
+        self.bar.write(line)
         self.bar.set_postfix(result.counts, refresh=False)
         self.bar.update(1)
 
@@ -323,7 +394,8 @@ def _worker_died(cfg: RunConfig, err: BaseException) -> RunOutcome:
 
 def run_sweep(configs: Sequence[RunConfig], jobs: int = 1, progress: bool = False,
               threads: Optional[int] = None,
-              on_outcome: Optional[Callable[[RunOutcome], None]] = None) -> SweepResult:
+              on_outcome: Optional[Callable[[RunOutcome], None]] = None,
+              stop: Callable[[], Optional[int]] = lambda: None) -> SweepResult:
     """Run ``configs`` in at most ``jobs`` worker processes; skip finished runs.
 
     Args:
@@ -332,6 +404,8 @@ def run_sweep(configs: Sequence[RunConfig], jobs: int = 1, progress: bool = Fals
         progress: show the progress view on stderr.
         threads: torch threads per worker; default ``max(1, cores // jobs)``.
         on_outcome: called in this process with each run's outcome as it arrives.
+        stop: the signal number of a pending stop request, or None: on a request the workers
+            checkpoint their runs and stop, queued runs are dropped, and StopRequested is raised.
 
     Returns the :class:`SweepResult`; failures are in it, never raised.
     """
@@ -343,28 +417,57 @@ def run_sweep(configs: Sequence[RunConfig], jobs: int = 1, progress: bool = Fals
         todo = _skip_finished(configs, result, view)
         if todo:
             threads = threads or max(1, available_cores() // jobs)
-            _run_pool(todo, jobs, threads, result, view, on_outcome)
+            _run_pool(todo, jobs, threads, result, view, on_outcome, stop)
     finally:
         view.close()
     return result
 
 
+def _stop_workers(signum: int, grace: float = 120.0) -> None:
+    """Pass a stop request on to this process's workers and wait (at most ``grace`` seconds) while
+    they checkpoint; kill those still alive after it."""
+    children = multiprocessing.active_children()
+    for p in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p.pid, signum)
+    deadline = time.monotonic() + grace
+    for p in children:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+
+
 def _run_pool(todo: Sequence[RunConfig], jobs: int, threads: int, result: SweepResult,
-              view: ProgressView, on_outcome) -> None:
+              view: ProgressView, on_outcome, stop: Callable[[], Optional[int]]) -> None:
+    from ..train.stop import StopRequested
+
     # spawn, not fork: a forked child of a process that already ran torch can deadlock in OpenMP
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=ctx,
-                             initializer=_init_worker, initargs=(threads,)) as pool:
+                             initializer=_init_worker, initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(run_one, cfg): cfg for cfg in todo}
-        for fut in as_completed(futures):
-            try:
-                outcome = fut.result()
-            except Exception as e:  # BrokenProcessPool: a worker was killed (OOM, signal)
-                outcome = _worker_died(futures[fut], e)
-            result.outcomes.append(outcome)
-            view.update(outcome, result)
-            if on_outcome is not None:
-                on_outcome(outcome)
+        pending = set(futures)
+        while pending:
+            signum = stop()
+            if signum is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+                _stop_workers(signum)
+                raise StopRequested(signum)
+            done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+            for fut in done:
+                _record(fut, futures[fut], result, view, on_outcome)
+
+
+def _record(fut, cfg: RunConfig, result: SweepResult, view: ProgressView, on_outcome) -> None:
+    """Add a finished future's outcome to ``result``, the view and the callback."""
+    try:
+        outcome = fut.result()
+    except Exception as e:  # BrokenProcessPool: a worker was killed (OOM, signal)
+        outcome = _worker_died(cfg, e)
+    result.outcomes.append(outcome)
+    view.update(outcome, result)
+    if on_outcome is not None:
+        on_outcome(outcome)
 
 
 def sweep(path: Optional[str] = None, grid: Sequence[str] = (), overrides: Sequence[str] = (),

@@ -76,6 +76,11 @@ def figures_for(groups: Sequence[Group], plot_dir: Path, notes: Optional[List[st
     return out
 
 
+def _names(runs, first: int = 5) -> str:
+    """The first run directories' names, ``...`` if there are more."""
+    return ", ".join(r.run_dir.name for r in runs[:first]) + (" ..." if len(runs) > first else "")
+
+
 def _markdown(groups: Sequence[Group], figures, notes: Sequence[str], base: Path, runs_dir: Path) -> str:
     lines = [f"# Results from `{runs_dir}`", "",
              "Mean ± sample std over seeds (n = number of seeds); accuracies in percent.", ""]
@@ -99,10 +104,13 @@ def write_report(runs_dir: str | Path, out_dir: str | Path | None = None, plot: 
     if not groups:
         raise ConfigError(f"no finished runs (with summary.json) under '{runs_dir}'; train some first")
     notes = []
-    unfinished = [r for r in runs if not r.finished]
+    corrupt = [r for r in runs if not r.finished and (r.run_dir / "summary.json").exists()]
+    unfinished = [r for r in runs if not r.finished and r not in corrupt]
+    if corrupt:
+        notes.append(f"{len(corrupt)} run(s) with a corrupt summary.json left out (rerun the same train or sweep "
+                     "command to recompute it): " + _names(corrupt))
     if unfinished:
-        notes.append(f"{len(unfinished)} unfinished run(s) left out: " +
-                     ", ".join(r.run_dir.name for r in unfinished[:5]) + (" ..." if len(unfinished) > 5 else ""))
+        notes.append(f"{len(unfinished)} unfinished run(s) left out: " + _names(unfinished))
     figures = figures_for(groups, out / "plots", notes) if plot else []
     out.mkdir(parents=True, exist_ok=True)
     md, csv_path = out / "results.md", out / "results.csv"

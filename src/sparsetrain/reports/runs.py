@@ -53,10 +53,11 @@ class RunRecord:
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         log.warning("skipping unreadable %s (%s)", path, e)
         return None
+    return data if isinstance(data, dict) else None
 
 
 def read_metrics(run_dir: Path) -> List[Dict[str, Any]]:

@@ -395,10 +395,17 @@ class SparsityEngine:
         rep = self.density_report()
         asked = 1.0 - sparsity
         if rep["weights_density"] > 1.2 * asked + 1e-9:
-            log.warning("requested sparsity %.3f, but %.1f%% of all weights are active (%s); "
-                        "the real sparsity over weights is %.3f", sparsity, 100 * rep["weights_density"],
-                        "dense first/last layer" if self.kept_dense else "layers capped at density 1",
-                        1 - rep["weights_density"])
+            log.warning("requested sparsity %.6g, but %.4g%% of all weights are active (%s); "
+                        "the real sparsity over weights is %.6g", sparsity, 100 * rep["weights_density"],
+                        self._why_denser(), 1 - rep["weights_density"])
+
+    def _why_denser(self) -> str:
+        """The rule that made the masks denser than asked."""
+        if self.kept_dense:
+            return "dense first/last layer"
+        if any(float(m.float().mean()) >= 1.0 for m in self.masks.values()):
+            return "layers capped at density 1"
+        return "every layer keeps at least one weight: N - floor(s*N) of its N"
 
     # --- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -115,34 +116,62 @@ class Checkpointer(Callback):
 
 
 class Progress(Callback):
-    """tqdm bar with loss, last accuracy, density and ETA; off in non-interactive runs."""
+    """Progress on stderr. On a terminal (or ``on``) a tqdm bar with loss, last accuracy, density
+    and ETA; in a log (``auto`` when stderr is not a terminal: nohup, Slurm, CI) one plain line at
+    the start, every ``interval`` seconds and at the end; ``off``: nothing."""
 
-    def __init__(self, mode: str, desc: str = "train"):
-        self.enabled = mode == "on" or (mode == "auto" and sys.stderr.isatty())
-        self.desc, self.bar = desc, None
+    def __init__(self, mode: str, desc: str = "train", interval: float = 60.0):
+        tty = sys.stderr.isatty()
+        self.enabled = mode == "on" or (mode == "auto" and tty)
+        self.plain = mode == "auto" and not tty
+        self.desc, self.bar, self.interval = desc, None, interval
+        self._t0 = self._last = 0.0
 
     def on_start(self, s) -> None:
         if self.enabled:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=s.total_steps, initial=s.step, desc=self.desc, dynamic_ncols=True)
+        elif self.plain:
+            self._t0 = self._last = time.monotonic()
+            self._start_step = s.step
+            self._line(s)
 
     def on_step_end(self, s) -> None:
+        if self.plain and time.monotonic() - self._last >= self.interval:
+            self._line(s)
         if self.bar is None:
             return
         self.bar.update(1)
         if s.step % 10 == 0 or s.step == s.total_steps:
-            post = {"loss": f"{s.loss:.3f}"}
-            ev = s.extra.get("last_eval", {})
-            for k in ("val_accuracy", "test_accuracy", "test_perplexity"):
-                if k in ev:
-                    post[k.replace("_accuracy", "_acc")] = f"{ev[k]:.4f}"
-            if "density" in ev:
-                post["density"] = f"{ev['density']:.3f}"
-            self.bar.set_postfix(post, refresh=False)
+            self.bar.set_postfix(_postfix(s), refresh=False)
+
+    def _line(self, s) -> None:
+        """``train DESC: step N/T (P%)  loss L  test_acc A  elapsed Es  eta Rs``."""
+        self._last = time.monotonic()
+        elapsed, done = self._last - self._t0, s.step - self._start_step
+        eta = f"  eta {elapsed / done * (s.total_steps - s.step):.0f}s" if done > 0 else ""
+        post = "".join(f"  {k} {v}" for k, v in _postfix(s).items() if s.step > 0)
+        pct = 100.0 * s.step / max(1, s.total_steps)
+        print(f"train {self.desc}: step {s.step}/{s.total_steps} ({pct:.0f}%){post}  elapsed {elapsed:.0f}s{eta}",
+              file=sys.stderr, flush=True)
 
     def on_end(self, s) -> None:
         if self.bar is not None:
             self.bar.close()
+        elif self.plain:
+            self._line(s)
+
+
+def _postfix(s) -> Dict[str, str]:
+    """Loss and the last evaluation's accuracy/perplexity and density, formatted."""
+    post = {"loss": f"{s.loss:.3f}"}
+    ev = s.extra.get("last_eval", {})
+    for k in ("val_accuracy", "test_accuracy", "test_perplexity"):
+        if k in ev:
+            post[k.replace("_accuracy", "_acc")] = f"{ev[k]:.4f}"
+    if "density" in ev:
+        post["density"] = f"{ev['density']:.3f}"
+    return post
 
 
 class TensorBoard(Callback):

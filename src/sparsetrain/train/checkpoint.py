@@ -11,7 +11,7 @@ from typing import Any, Dict
 import numpy as np
 import torch
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, first_line
 
 FORMAT = "sparsetrain-checkpoint-v1"
 
@@ -84,7 +84,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> Dict[str, Any]:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
         raise CheckpointError(f"checkpoint '{path}' is unreadable (truncated or not a torch file: "
-                              f"{str(e).splitlines()[0][:120]}); delete it to start over") from None
+                              f"{first_line(e, 120)}); delete it to start over") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"'{path}' is not a sparsetrain checkpoint (format {FORMAT} expected)")
     return data

@@ -21,7 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 from .checkpoint import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def init_from_run(model: nn.Module, engine, run_dir: str | Path, device: Optiona
         model.load_state_dict(ck["model"])
     except (KeyError, RuntimeError) as e:
         raise CheckpointError(f"train.init_from='{run_dir}' does not fit this model: "
-                              f"{str(e).splitlines()[0][:160]}; use the same model and width") from None
+                              f"{first_line(e)}; use the same model and width") from None
     if engine is None:
         return
     source_engine = ck.get("engine")

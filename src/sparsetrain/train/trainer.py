@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.distributed as dist
 
 from ..config import RunConfig, run_hash
-from ..errors import CheckpointError, ConfigError, TrainingError
+from ..errors import CheckpointError, ConfigError, TrainingError, first_line
 from ..registry import METHODS
 from ..sparsity.run import Metrics, adjusted_config, check_phases, default_phases, run_hooks, task_loss
 from .batches import EpochBatches, eval_batches
@@ -31,6 +31,7 @@ from .init_from import init_from_run
 from .loop import LoopState, train_loop
 from .phases import TicketClock, phase_config, phase_starts, with_extra_loss
 from .runner import build_engine, build_optimizer, build_scheduler, seed_everything, total_steps
+from .stop import StopOnRequest
 from .threads import intra_op_threads
 
 log = logging.getLogger(__name__)
@@ -40,11 +41,14 @@ class Trainer:
     """Builds everything for one run in ``run_dir`` and drives the loop (one pass per phase of
     the method). Implements :class:`~sparsetrain.sparsity.run.RunContext`."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Union[str, Path]):
+    def __init__(self, cfg: RunConfig, run_dir: Union[str, Path],
+                 stop: Callable[[], Optional[int]] = lambda: None):
+        """``stop()``: the signal number of a pending stop request, or None (see :mod:`.stop`)."""
         from ..data import default_data_root, load_dataset
         from ..models import build_model
 
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run_dir, self.stop = cfg, Path(run_dir), stop
+        self._saved_step: Optional[int] = None
         self.dist = setup_distributed(cfg.train.device)
         self.device = resolve_device(cfg.train.device, self.dist)
         configure_backend(self.device, cfg.train.deterministic)
@@ -125,7 +129,11 @@ class Trainer:
                 "config_hash": run_hash(self.cfg), "world_size": self.dist.world, "wall_time": self.elapsed(),
                 "scaler": s.scaler.state_dict() if s.scaler is not None else None,
                 "flops": self.flops.state_dict(), "phase": self.phase_index,
-                "ticket": self.clock.state_dict()}
+                "ticket": self.clock.state_dict(), "threads": self._cpu_threads()}
+
+    def _cpu_threads(self) -> Optional[int]:
+        """Intra-op threads of a CPU run (its float sums, hence its numbers, depend on them)."""
+        return torch.get_num_threads() if self.device.type == "cpu" else None
 
     def _rank_digests(self) -> Optional[list]:
         """Every rank's mask digest (a collective: all ranks save at the same steps). Ranks with
@@ -143,6 +151,15 @@ class Trainer:
         digests = self._rank_digests()
         if self.dist.main:
             save_checkpoint(self.run_dir / "checkpoint.pt", {**self._payload(s), "rank_mask_digests": digests})
+        self._saved_step = s.step
+
+    def _agree(self, signum: Optional[int]) -> Optional[int]:
+        """The stop request of any rank, on every rank (one small collective per step)."""
+        if self.dist.world == 1:
+            return signum
+        flag = torch.tensor([signum or 0], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
 
     def _read_checkpoint(self) -> Optional[Dict[str, Any]]:
         path = self.run_dir / "checkpoint.pt"
@@ -159,7 +176,17 @@ class Trainer:
         if not 0 <= int(ck.get("phase", 0)) < len(self.phases):
             raise CheckpointError(f"checkpoint in '{self.run_dir}' is in phase {ck.get('phase')}, but the "
                                   f"method has {len(self.phases)}; delete it or use another out_dir")
+        self._check_threads(ck.get("threads"))
         return ck
+
+    def _check_threads(self, saved: Optional[int]) -> None:
+        """A CPU run continues only with the thread count it started with: another count sums in
+        another order and gives other numbers under the same run directory."""
+        now = self._cpu_threads()
+        if saved is not None and now is not None and saved != now:
+            raise CheckpointError(f"checkpoint in '{self.run_dir}' was written with {saved} CPU threads, this "
+                                  f"process uses {now} (results would differ); continue with "
+                                  f"--set train.threads={saved}")
 
     def _resume(self, metrics: MetricsLog, ck: Dict[str, Any]) -> int:
         """Load ``ck`` (read by :meth:`_read_checkpoint`) into the current phase's objects."""
@@ -178,7 +205,7 @@ class Trainer:
                 self.flops.load_state_dict(ck["flops"])
         except (KeyError, RuntimeError, ValueError) as e:
             raise CheckpointError(f"checkpoint in '{self.run_dir}' does not fit this model: "
-                                  f"{str(e).splitlines()[0][:160]}") from None
+                                  f"{first_line(e)}") from None
         set_rng_state(ck["rng"])
         self.clock.load_state_dict(ck.get("ticket"))
         self.wall_time = float(ck.get("wall_time", 0.0))
@@ -254,7 +281,8 @@ class Trainer:
         if ck is None and t.init_from:  # a fresh run started from another run's solution
             init_from_run(self.model, self.engine, t.init_from, self.device)
         fixed = [Checkpointer(t.checkpoint_every or every, self.save),
-                 Progress(t.progress if self.dist.main else "off", self.run_dir.name)]
+                 Progress(t.progress if self.dist.main else "off", self.run_dir.name),
+                 StopOnRequest(self.stop, self.save, lambda: self._saved_step, self.run_dir, self._agree)]
         if t.tensorboard and self.dist.main:
             fixed.append(TensorBoard(self.run_dir / "tb"))
         first = int(ck.get("phase", 0)) if ck else 0
@@ -273,7 +301,7 @@ class Trainer:
                "steps": s.step, "epochs": s.step / self.steps_per_epoch,
                "wall_time_s": self.elapsed(),
                "final": {split: m for split, m in last.items()}, "best": dict(self.evaluator.best),
-               "world_size": self.dist.world}
+               "world_size": self.dist.world, "threads": self._cpu_threads()}
         if self.engine is not None:
             rep = self.engine.density_report()
             out.update(achieved_density=rep["weights_density"], achieved_sparsity=1 - rep["weights_density"],
