@@ -296,3 +296,11 @@ def test_named_constructors_build_the_one_engine(name, method):
     model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
     engine = make(model, None, sparsity=0.5, total_steps=10)
     assert type(engine) is sparsetrain.SparsityEngine and engine.method.name == method
+
+
+@pytest.mark.parametrize("method, expected", [("rigl", "erk"), ("set", "erk"), ("gmp", "uniform"), ("snip", "uniform")])
+def test_engine_distribution_defaults_to_the_methods_paper(method, expected):
+    """Left out, the layer distribution is the method's source paper's, as in a run config."""
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    engine = SparsityEngine(model, None, method, sparsity=0.5, total_steps=10)
+    assert engine.config["distribution"] == expected

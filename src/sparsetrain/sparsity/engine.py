@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..config import default_distribution
 from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
@@ -80,7 +81,8 @@ class SparsityEngine:
             out for a model built with compressed layers (``SparseLinear.random``,
             ``SparseLSTM.random``): their patterns are then the masks and the only targets (given
             a sparsity, compressed layers of the model are not sparsified by the engine).
-        distribution: ``uniform``, ``er``, ``erk`` or ``custom``.
+        distribution: ``uniform``, ``er``, ``erk`` or ``custom``; None: the method's paper default
+            (uniform for GMP, SNIP and edge-popup, ERK otherwise; ``config.default_distribution``).
         total_steps: length of training in steps (schedules are anchored to it).
         dense_first: keep the first sparsifiable layer dense; default True for ``uniform``
             (the paper's rule), False otherwise. ``dense_last`` likewise for the last layer.
@@ -97,7 +99,7 @@ class SparsityEngine:
     """
 
     def __init__(self, model: nn.Module, optimizer: Optional[torch.optim.Optimizer] = None,
-                 method: str = "rigl", *, sparsity: Optional[float] = None, distribution: str = "erk",
+                 method: str = "rigl", *, sparsity: Optional[float] = None, distribution: Optional[str] = None,
                  total_steps: Optional[int] = None, dense_first: Optional[bool] = None,
                  dense_last: bool = False, include: Optional[Sequence[str]] = None,
                  exclude: Optional[Sequence[str]] = None, custom: Optional[Mapping[str, float]] = None,
@@ -114,6 +116,7 @@ class SparsityEngine:
         self.masks = MaskView(self.stores)
         adopted = sparsity is None and self._adopt_compressed(seed)
         if not adopted:
+            distribution = distribution or default_distribution(self.method.name)
             self._plan(sparsity, distribution, dense_first=dense_first, dense_last=dense_last, include=include,
                        exclude=exclude, custom=custom, erk_power=erk_power, seed=seed)
         self.method.setup(self)
