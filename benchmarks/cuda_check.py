@@ -172,12 +172,33 @@ def semi_structured(device):
             "speedup": round(dense[0] / sparse[0], 3)}
 
 
+def report(paths) -> str:
+    """Markdown table of one or more result files (columns in the order given)."""
+    runs = [json.load(open(p)) for p in paths]
+    head = "| check | " + " | ".join(f"{os.path.basename(p)} ({r['device']}, torch {r['torch']})"
+                                   for p, r in zip(paths, runs)) + " |"
+    rows = [head, "|---" * (len(runs) + 1) + "|"]
+    for key in ("engine", "amp_fp16", "amp_bf16", "same_seed", "cli", "cli_amp"):
+        rows.append(f"| {key} | " + " | ".join("pass" if r.get(key, {}).get("passed") else "FAIL" for r in runs) + " |")
+    for key in ("dense", "rigl-0.9", "rigl-0.9-update", "rigl-0.99", "rigl-0.99-update"):
+        what = f"topology update (update_masks(0.3)) ms, {key[:-7]}" if key.endswith("-update") else f"training step ms, {key}"
+        rows.append(f"| {what} (median, min-max) | " + " | ".join(
+            "{median_ms:.3f} ({min_ms:.3f}-{max_ms:.3f})".format(**r["speed_step"][key]) for r in runs) + " |")
+    rows.append("| 2:4 semi-structured vs dense fp16 product (speed-up) | " + " | ".join(
+        f"{r['semi_structured_2_4'].get('speedup', 'n/a')}" for r in runs) + " |")
+    return "\n".join(rows)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--report", nargs="+", metavar="JSON", help="print the Markdown table of result files and exit")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default="docs/perf/cuda_check.json")
     ap.add_argument("--skip-speed", action="store_true")
     a = ap.parse_args()
+    if a.report:
+        print(report(a.report))
+        return 0
     dev = a.device
     res = {"torch": torch.__version__, "device": torch.cuda.get_device_name() if dev.startswith("cuda") else "cpu"}
     res["engine"], masks_a = engine_run(dev)
