@@ -1,10 +1,12 @@
-"""Helpers shared by the test modules (importable because pytest puts tests/ on sys.path)."""
+"""Helpers shared by the test modules (tests/ is on sys.path: pyproject sets pytest's pythonpath)."""
 from pathlib import Path
 
 from sparsetrain.cli import main
 
+#: the project's root (tests/ is laid out like the package, so test files sit at varying depths)
+ROOT = Path(__file__).resolve().parents[1]
 #: the real datasets, beside the checkout (../shared/data), as in CI
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 def run_cli(argv, capsys):

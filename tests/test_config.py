@@ -11,6 +11,7 @@ from torch import nn
 from sparsetrain.config import RunConfig, describe_keys, load_config, run_hash, to_dict
 from sparsetrain.errors import ConfigError
 from sparsetrain.train.runner import build_engine, build_scheduler, total_steps
+from helpers import ROOT
 
 TOML = """
 seed = 3
@@ -211,7 +212,7 @@ PINNED = {
 def test_run_hashes_of_the_shipped_configs_are_pinned(name):
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "configs" / name
+    path = ROOT / "configs" / name
     assert run_hash(load_config(str(path))) == PINNED[name]
 
 

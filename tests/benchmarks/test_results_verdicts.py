@@ -5,8 +5,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import ROOT
 
-_path = Path(__file__).resolve().parents[1] / "benchmarks" / "results.py"
+_path = ROOT / "benchmarks" / "results.py"
 _spec = importlib.util.spec_from_file_location("results_script", _path)
 results = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = results  # its dataclasses look their module up

@@ -18,12 +18,13 @@ from sparsetrain.data import (
 from sparsetrain.data.common import random_crop
 from sparsetrain.errors import ConfigError, DataError
 from sparsetrain.registry import DATASETS
+from helpers import ROOT
 
 
 def _real_data_root() -> Path:
     """shared/data beside the repository (CI layout), unless SPARSETRAIN_DATA says otherwise."""
     env = os.environ.get("SPARSETRAIN_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
 REAL = _real_data_root()

@@ -24,8 +24,9 @@ from sparsetrain.experiments.run_store import run_dir_for, run_lock
 from sparsetrain.experiments.sweep import ProgressView, RunOutcome, SweepResult, run_status
 from sparsetrain.train.checkpoint import load_checkpoint
 from helpers import run_cli as cli
+from helpers import ROOT
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(ROOT / "src")
 TINY = ["--set", "train.steps=20", "--set", "train.eval_every=10"]
 LONG = ["--set", "train.steps=2000000", "--set", "train.eval_every=20", "--set", "train.checkpoint_every=1000000000"]
 
@@ -300,7 +301,7 @@ def test_train_help_gives_every_key_its_meaning_and_unit(capsys):
 def test_example_grid_and_its_documentation():
     from sparsetrain.experiments.sweep import build_spec, expand
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     configs = expand(build_spec(str(root / "configs" / "sweeps" / "digits_methods.toml")))
     assert len(configs) == 18 and {c.sparsity.method for c in configs} == {"static", "set", "rigl"}
     doc = (root / "docs" / "cluster.md").read_text()

@@ -17,8 +17,9 @@ from sparsetrain.experiments.run_store import run_dir_for
 from sparsetrain.train import trainer
 from sparsetrain.train.callbacks import Callback
 from helpers import run_cli as cli
+from helpers import ROOT
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = ROOT / "configs"
 TINY = {"train": {"steps": 20, "eval_every": 10, "progress": "off"}, "data": {"batch_size": 64},
         "sparsity": {"sparsity": 0.8, "options": {}}}
 

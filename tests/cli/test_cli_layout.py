@@ -13,8 +13,9 @@ from sparsetrain.cli import common, main as package_main
 from sparsetrain.cli import flops as flops_cmd
 from sparsetrain.cli.main import SUBCOMMANDS, build_parser
 from helpers import run_cli as cli
+from helpers import ROOT
 
-PKG = Path(__file__).resolve().parents[1] / "src" / "sparsetrain"
+PKG = ROOT / "src" / "sparsetrain"
 
 
 def imported_modules(path: Path):
