@@ -2,10 +2,11 @@
 
 :mod:`.base` holds the :class:`LayerStore` interface, the :data:`STORAGES` registry and the
 :class:`BackendPolicy` choosing which layers a compressed storage takes; :mod:`.dense` the
-masked-dense store; :mod:`.csr` the truly sparse CPU storage. A new storage is one more module
+masked-dense store; :mod:`.csr` the truly sparse CPU storage of Linear and RNN layers, :mod:`.conv` that of
+convolutions. A new storage is one more module
 (or folder) here that registers itself.
 """
-from . import csr  # noqa: F401  (registers the CSR storage and its layers' FLOPs counters)
+from . import conv, csr  # noqa: F401  (register the conv and CSR storages and their layers' FLOPs counters)
 from .base import STORAGES, BackendPolicy, GrowScores, LayerStore, Storage
 from .dense import MaskedDenseStore
 

@@ -76,13 +76,8 @@ class SparseLinear(CSRWeight):
 
     def to_linear(self) -> nn.Linear:
         """An equivalent dense ``nn.Linear``."""
-        out = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                        device=self.values.device, dtype=self.values.dtype)
-        with torch.no_grad():
-            out.weight.copy_(self.dense_weight())
-            if self.bias is not None:
-                out.bias.copy_(self.bias)
-        return out
+        return self.copy_into(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
+                                        device=self.values.device, dtype=self.values.dtype))
 
     # --- forward ------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

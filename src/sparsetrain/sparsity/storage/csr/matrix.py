@@ -108,6 +108,14 @@ class CSRWeight(nn.Module):
         w[self.flat_indices()] = self.values.detach()
         return w.view(self.weight_shape)
 
+    @torch.no_grad()
+    def copy_into(self, dense: nn.Module) -> nn.Module:
+        """Fill a freshly built dense equivalent (``weight``, ``bias``) with this layer's values."""
+        dense.weight.copy_(self.dense_weight())
+        if self.bias is not None:
+            dense.bias.copy_(self.bias)
+        return dense
+
     # --- dense gradient from captured factors (the engine's grow scores) ----------------------
     def join_factors(self, captured: list) -> Tuple[torch.Tensor, ...]:
         """One set of factors from those captured at each use of the layer in a step."""

@@ -191,7 +191,7 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return flat_from_mask(mask)
 
 
-def _saved_sparse(mask, shape: tuple) -> bool:
+def saved_sparse(mask, shape: tuple) -> bool:
     """Whether ``mask`` (from a saved engine state) says a layer of ``shape`` was stored compressed."""
     return torch.is_tensor(mask) and mask.layout != torch.strided and tuple(mask.shape) == shape
 
@@ -221,12 +221,12 @@ class CSRStorage(Storage):
                 policy: BackendPolicy, optimizer: Optional[torch.optim.Optimizer]) -> Dict[str, LayerStore]:
         out = {}
         for s in _dense(stores):
-            if _is_linear(model, s.target) and _saved_sparse(saved.get(s.name), s.shape):
+            if _is_linear(model, s.target) and saved_sparse(saved.get(s.name), s.shape):
                 out.update(self._linear(model, s.target, _dense_mask(saved[s.name], s.param), policy, optimizer))
         for module_name, rnn in rnn_modules(model):
             names = [f"{module_name}.{n}" for n in matrix_names(rnn.num_layers)]
             if unsupported_reason(rnn) is None and all(
-                    n in stores and _saved_sparse(saved.get(n), stores[n].shape) for n in names):
+                    n in stores and saved_sparse(saved.get(n), stores[n].shape) for n in names):
                 masks = {n: _dense_mask(saved[n], stores[n].param) for n in names}
                 out.update(self._rnn(model, module_name, masks, policy, optimizer))
         return out
