@@ -167,3 +167,29 @@ def test_conv_export_load_and_densify_round_trip(tmp_path):
     assert not eb.layers and isinstance(b[3], nn.Conv2d)
     with torch.no_grad():
         assert torch.allclose(b(x), ref, atol=1e-10)
+
+
+def test_cli_trains_the_wrn_config_on_the_sparse_backend(tmp_path):
+    """``--set sparsity.backend=sparse`` on the WRN-22-2 CIFAR-10 config (tiny real-format files):
+    the wide convolutions are compressed, grouped ones are not present, the run completes."""
+    import json
+    from pathlib import Path
+
+    from sparsetrain.cli import main
+    from test_data import _cifar10_tree
+
+    _cifar10_tree(tmp_path / "data", per_batch=8)
+    config = Path(__file__).parents[1] / "configs" / "cifar10_wrn22_2_rigl.toml"
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "--quiet", "--config", str(config), "--data-dir", str(tmp_path / "data"),
+                     "--out-dir", str(tmp_path / "runs"), "--set", "train.steps=3", "--set", "data.batch_size=8",
+                     "--set", "train.eval_every=3", "--set", "sparsity.sparsity=0.95",
+                     "--set", 'sparsity.options={"delta_t": 2, "end": 3}', "--set", "sparsity.backend=sparse"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    summary = json.loads((run / "summary.json").read_text())
+    convs = [n for n, v in summary["layers"].items() if len(v["shape"]) == 4]
+    assert summary["backend"] == "sparse"
+    assert set(convs) & set(summary["compressed_layers"]) and len(summary["compressed_layers"]) >= 10
