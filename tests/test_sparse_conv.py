@@ -193,3 +193,32 @@ def test_cli_trains_the_wrn_config_on_the_sparse_backend(tmp_path):
     convs = [n for n, v in summary["layers"].items() if len(v["shape"]) == 4]
     assert summary["backend"] == "sparse"
     assert set(convs) & set(summary["compressed_layers"]) and len(summary["compressed_layers"]) >= 10
+
+
+# --- built sparse from the start ---------------------------------------------------------------
+def test_build_sparse_creates_compressed_layers_with_the_plans_counts_and_init():
+    from sparsetrain.sparsity.distributions import plan_densities
+    from sparsetrain.sparsity.storage.build import build_sparse
+    from sparsetrain.sparsity.storage.csr import SparseLinear
+
+    def factory():
+        return nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                             nn.Conv2d(64, 64, 3, padding=1), nn.Conv2d(64, 64, 3, groups=64), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 300), nn.Linear(300, 10))
+
+    with torch.device("meta"):
+        plan = plan_densities(factory(), 0.9, "erk")
+    model = build_sparse(factory, 0.9, "erk", init="cnn", seed=1)
+    assert not any(t.is_meta for t in list(model.parameters()) + list(model.buffers()))
+    assert isinstance(model[3], SparseConv2d) and isinstance(model[8], SparseLinear)
+    assert type(model[4]) is nn.Conv2d                                  # grouped: built dense
+    assert model[3].nnz == plan.counts["3.weight"] and model[8].nnz == plan.counts["8.weight"]
+    assert bool((model[1].weight == 1).all()) and bool((model[3].bias == 0).all())   # the cnn init rule
+    std = (2 / (64 * 9)) ** 0.5                                        # kaiming-normal, fan-out
+    assert 0.8 * std < float(model[3].values.detach().std()) < 1.2 * std
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    engine = SparsityEngine(model, opt, "rigl", total_steps=10, delta_t=1)
+    assert {"3.weight", "8.weight", "9.weight"} <= set(engine.layers)
+    nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
+    engine.step_optimizer()
+    assert engine.layers["3.weight"].nnz == plan.counts["3.weight"]
