@@ -74,28 +74,30 @@ def sparseprop_indices(flat: torch.Tensor, weight_shape: tuple, crow: torch.Tens
     return crow, offsets.reshape(-1).to(torch.int16), kx.to(torch.uint8), ky.to(torch.uint8)
 
 
-def _sp_forward(x, values, idx, geo: Geometry, channels: int) -> torch.Tensor:
-    """sparseprop's forward. Its batch-vectorised kernel needs N % 8 == 0 (other batches get wrong
-    tails): other batches use the kernel vectorised over output columns (stride 1) or are padded
-    with zero examples (stride 2)."""
+def _sp_forward(x, values, idx, geo: Geometry, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """sparseprop's forward: (y, the input as the backward kernel reads it: C × H × W × N).
+
+    Its batch-vectorised kernel needs N % 8 == 0 (other batches get wrong tails): other batches
+    use the kernel vectorised over output columns (stride 1) or are padded with zero examples."""
     n, _, h, w = x.shape
     oh, ow = geo.out_size(h, w)
     k, p, v = geo.kernel_size[0], geo.padding[0], values.detach()
+    xt = x.detach().permute(1, 2, 3, 0).contiguous()
     if n % 8 and geo.stride[0] == 1:
         out = x.new_zeros(n, channels, oh, ow)
         sparseprop_backend().sparse_conv2d_vectorized_forward_over_on_stride_1(x.detach().contiguous(), *idx, v,
                                                                                out, k, p)
-        return out
+        return out, xt
     pad = -n % 8
-    xt = F.pad(x.detach(), (0, 0, 0, 0, 0, 0, 0, pad)).permute(1, 2, 3, 0).contiguous()
+    xp = F.pad(xt, (0, pad)) if pad else xt
     out = x.new_zeros(channels, oh, ow, n + pad)
     fn = "sparse_conv2d_vectorized_forward_stride_%d" % geo.stride[0]
-    getattr(sparseprop_backend(), fn)(xt, *idx, v, out, k, p)
-    return out.permute(3, 0, 1, 2)[:n]
+    getattr(sparseprop_backend(), fn)(xp, *idx, v, out, k, p)
+    return out.permute(3, 0, 1, 2)[:n], xt
 
 
-def _sp_backward(x, values, grad, idx, geo: Geometry):
-    xt = x.detach().permute(1, 2, 3, 0).contiguous()
+def _sp_backward(xt, values, grad, idx, geo: Geometry):
+    """sparseprop's backward from the saved C × H × W × N input: (∂L/∂x, ∂L/∂v)."""
     gt = grad.detach().permute(1, 2, 3, 0).contiguous()
     grad_xt, grad_v = torch.zeros_like(xt), torch.zeros_like(values)
     fn = "sparse_conv2d_vectorized_backward_stride_%d" % geo.stride[0]
@@ -135,31 +137,34 @@ def _mkl_backward(ctx, x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor
 
 
 class SparseConv2dFunction(torch.autograd.Function):
-    """Autograd function of :func:`sparse_conv2d`."""
+    """Autograd function of :func:`sparse_conv2d`. The sparseprop path keeps the input in the
+    C × H × W × N layout its backward kernel reads (one copy per step fewer) and returns its output
+    as an (N, C, H, W) view of that layout, as sparseprop's own module does."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], plan: Plan,
                 sink: Optional[List]) -> torch.Tensor:
         with record_function("sparse_conv2d.forward"):
             if plan.pattern.kernel == "sparseprop":
-                y = _sp_forward(x, values, plan.sp_indices, plan.geometry, plan.pattern.shape[0])
+                y, saved = _sp_forward(x, values, plan.sp_indices, plan.geometry, plan.pattern.shape[0])
             else:
-                y = _mkl_forward(x, values, plan)
-            y = y.contiguous()  # a fresh tensor: the bias is added in place
+                y, saved = _mkl_forward(x, values, plan).contiguous(), x
             if bias is not None:
-                y.add_(bias.view(1, -1, 1, 1))
-        ctx.save_for_backward(x, values)
+                y.add_(bias.view(1, -1, 1, 1))  # y is a fresh tensor
+        ctx.save_for_backward(saved, values)
         ctx.plan, ctx.sink, ctx.has_bias = plan, sink, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, values = ctx.saved_tensors
+        saved, values = ctx.saved_tensors
         plan = ctx.plan
+        sp = plan.pattern.kernel == "sparseprop"
+        x = saved.permute(3, 0, 1, 2) if sp else saved
         grad_x = grad_v = grad_b = None
-        if plan.pattern.kernel == "sparseprop" and any(ctx.needs_input_grad[:2]):
+        if sp and any(ctx.needs_input_grad[:2]):
             with record_function("sparse_conv2d.sparseprop_backward"):  # both gradients in one pass
-                grad_x, grad_v = _sp_backward(x, values, grad, plan.sp_indices, plan.geometry)
+                grad_x, grad_v = _sp_backward(saved, values, grad, plan.sp_indices, plan.geometry)
             grad_x = grad_x if ctx.needs_input_grad[0] else None
             grad_v = grad_v if ctx.needs_input_grad[1] else None
         elif any(ctx.needs_input_grad[:2]):
@@ -167,7 +172,7 @@ class SparseConv2dFunction(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         if ctx.sink is not None:
-            ctx.sink.append((x.detach(), grad.detach()))
+            ctx.sink.append((x, grad.detach()))
         return grad_x, grad_v, grad_b, None, None
 
 
