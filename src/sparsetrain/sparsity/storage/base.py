@@ -208,7 +208,7 @@ class BackendPolicy:
     cache_transpose: bool = True
     kernel: str = "mkl"
     block_elems: int = DEFAULT_BLOCK_ELEMS
-    conv_min_size: int = 1 << 14
+    conv_min_size: int = 1 << 12
     conv_kernel: str = "auto"
 
     def __post_init__(self):

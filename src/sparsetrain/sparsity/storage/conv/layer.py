@@ -30,6 +30,12 @@ def unsupported_reason(conv: nn.Module) -> Optional[str]:
     return None
 
 
+def geometry_of(conv: nn.Conv2d) -> Geometry:
+    """The :class:`Geometry` of an nn.Conv2d (numeric padding)."""
+    pair = nn.modules.utils._pair
+    return Geometry(pair(conv.kernel_size), pair(conv.stride), pair(conv.padding), pair(conv.dilation))
+
+
 class SparseConv2d(CSRWeight):
     """nn.Conv2d (groups = 1, zero padding; any stride, padding, dilation) with its weight in CSR.
 

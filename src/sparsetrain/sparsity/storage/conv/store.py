@@ -11,9 +11,11 @@ follow the new pattern (survivors keep theirs, new connections start at zero).
 
 Which layers: plain nn.Conv2d with groups = 1 and zero padding given as numbers (grouped and
 depthwise convolutions stay masked-dense, :func:`unsupported_reason`) whose density is at most
-``policy.max_density`` and whose weight has at least ``policy.conv_min_size`` entries (a forward
-pass costs nnz × output positions, so a conv weight pays off far below a Linear's ``min_size``;
-docs/performance.md). ``policy.conv_kernel`` picks the products: "auto" (sparseprop's direct
+``policy.max_density``, whose weight has at least ``policy.conv_min_size`` entries (a forward
+pass costs nnz × output positions, so a conv weight pays off far below a Linear's ``min_size``)
+and, unless ``conv_kernel="mkl"``, whose geometry sparseprop's kernels cover (float32, square
+kernel, stride 1 or 2, no dilation): unfold + MKL pays the dense unfold in every pass and trains
+slower than dense (docs/performance.md). ``policy.conv_kernel`` picks the products: "auto" (sparseprop's direct
 kernels where they cover the geometry, else unfold + MKL CSR), "sparseprop" or "mkl".
 """
 from __future__ import annotations
@@ -30,7 +32,8 @@ from ..base import STORAGES, BackendPolicy, LayerStore, Storage
 from ..csr.convert import gather_state, replace_layer, scatter_state
 from ..csr.store import CSRStore, saved_sparse
 from ..dense import MaskedDenseStore
-from .layer import SparseConv2d, unsupported_reason
+from .functional import sparseprop_supports
+from .layer import SparseConv2d, geometry_of, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +51,17 @@ def conv_targets(model: nn.Module, stores: Mapping[str, LayerStore]) -> list:
     return out
 
 
-def choose_conv(policy: BackendPolicy, name: str, numel: int, active: int) -> str:
-    """'sparse' or 'dense' for conv weight ``name``: an override, else density ≤ max_density and
-    at least ``conv_min_size`` entries."""
+def choose_conv(policy: BackendPolicy, name: str, conv: nn.Conv2d, active: int) -> str:
+    """'sparse' or 'dense' for the weight ``name`` of ``conv``: an override, else density ≤
+    max_density, at least ``conv_min_size`` weights and, under ``conv_kernel="auto"``, a geometry
+    sparseprop's kernels cover (unfold + MKL trains 3–5× slower than dense: docs/performance.md)."""
     forced = policy.override(name)
     if forced is not None:
         return forced
+    numel = conv.weight.numel()
+    fast = policy.conv_kernel == "mkl" or sparseprop_supports(geometry_of(conv), conv.weight.dtype)
     sparse_enough = active <= count_active(numel, policy.max_density)
-    return "sparse" if sparse_enough and numel >= policy.conv_min_size else "dense"
+    return "sparse" if fast and sparse_enough and numel >= policy.conv_min_size else "dense"
 
 
 def compress_conv(model: nn.Module, module_name: str, mask: torch.Tensor, policy: BackendPolicy,
@@ -90,7 +96,7 @@ class ConvStorage(Storage):
     def compress(self, model, stores, policy, optimizer, announce) -> Dict[str, LayerStore]:
         out = {}
         for s in conv_targets(model, stores):
-            choice = choose_conv(policy, s.name, s.numel, s.n_active())
+            choice = choose_conv(policy, s.name, model.get_submodule(s.target.module_name), s.n_active())
             log.log(logging.INFO if announce else logging.DEBUG, "sparse backend: conv '%s' (%d weights, "
                     "%d active): %s", s.name, s.numel, s.n_active(), choice)
             if choice == "sparse":
