@@ -130,8 +130,9 @@ def _brief(r: dict) -> str:
 
 
 # --- models ----------------------------------------------------------------------------------------
-def model_runner(name: str, sparsity: float, config: str, x, y, seed: int = 0) -> Runner:
-    """Model + optimizer (+ engine) of one configuration (RigL, ERK, ΔT = 100)."""
+def model_runner(name: str, sparsity: float, config: str, x, y, seed: int = 0, dist: str = "erk") -> Runner:
+    """Model + optimizer (+ engine) of one configuration (RigL, ΔT = 100; uniform keeps the first
+    layer dense, as in the paper)."""
     from sparsetrain.sparsity.backend import SparseEngine
     from sparsetrain.sparsity.engine import SparsityEngine
     from sparsetrain.sparsity.storage import build_sparse
@@ -140,7 +141,7 @@ def model_runner(name: str, sparsity: float, config: str, x, y, seed: int = 0) -
     factory = lambda: build_model(name, INFOS[name])  # noqa: E731
     args = dict(total_steps=10 ** 6, delta_t=100)
     if config == "sparse-all":
-        model = build_sparse(factory, sparsity, "erk", init="cnn", seed=seed)
+        model = build_sparse(factory, sparsity, dist, init="cnn", seed=seed)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         engine = SparsityEngine(model, opt, "rigl", **args)
         return Runner(config, model, opt, _engine_step(model, opt, engine, x, y), engine)
@@ -149,9 +150,9 @@ def model_runner(name: str, sparsity: float, config: str, x, y, seed: int = 0) -
     if config == "dense":
         return Runner(config, model, opt, _dense_step(model, opt, x, y))
     if config == "masked":
-        engine = SparsityEngine(model, opt, "rigl", sparsity=sparsity, distribution="erk", **args)
+        engine = SparsityEngine(model, opt, "rigl", sparsity=sparsity, distribution=dist, **args)
         return Runner(config, model, opt, _engine_step(model, opt, engine, x, y), engine)
-    engine = SparseEngine(model, opt, "rigl", sparsity=sparsity, distribution="erk", **args)
+    engine = SparseEngine(model, opt, "rigl", sparsity=sparsity, distribution=dist, **args)
     if config == "sparse":
         return Runner(config, model, engine.optimizer, _engine_step(model, engine.optimizer, engine, x, y), engine)
     return _sparseprop_runner(model, engine, x, y)
@@ -176,17 +177,17 @@ def _inputs(name: str, batch: int, seed: int = 0):
 
 def model_table(jobs, rounds: int) -> dict:
     out = {}
-    for name, batch, sparsity, phase in jobs:
+    for name, batch, sparsity, phase, dist in jobs:
         x, y = _inputs(name, batch)
         configs = ("dense", "masked", "sparse", "sparse-all", "sparseprop")
-        runners = {c: model_runner(name, sparsity, c, x, y) for c in configs}
+        runners = {c: model_runner(name, sparsity, c, x, y, dist=dist) for c in configs}
         if phase == "infer":
             for r in runners.values():
                 r.model.eval()
             fns = {c: _infer_fn(r.model, x) for c, r in runners.items()}
         else:
             fns = {c: r.step for c, r in runners.items()}
-        key = f"{name} {phase} batch {batch} @{sparsity}"
+        key = f"{name} {phase} batch {batch} {dist} @{sparsity}"
         out[key] = interleave(fns, rounds, "dense")
         out[key]["compressed"] = {c: len(r.extra.layers) for c, r in runners.items() if r.extra is not None}
         print(key, ", ".join(f"{k} {v['ratio']:.2f}x ({v['ratio_min']:.2f}-{v['ratio_max']:.2f})"
@@ -259,8 +260,9 @@ def main() -> None:
     if "layers" in parts:
         res["layers"] = layer_table(a.rounds)
     if "models" in parts:
-        jobs = [("wrn-22-2", 128, s, "train") for s in (0.95, 0.99)] + \
-               [("resnet50", 1, s, "infer") for s in (0.95, 0.99)] + [("lenet5", 128, 0.95, "train")]
+        jobs = [("wrn-22-2", 128, s, "train", d) for d in ("erk", "uniform") for s in (0.95, 0.99)] + \
+               [("resnet50", 1, s, "infer", d) for d in ("erk", "uniform") for s in (0.95, 0.99)] + \
+               [("lenet5", 128, 0.95, "train", "erk")]
         res["models"] = model_table(jobs, a.rounds)
     if "memory" in parts:
         res["memory"] = memory_table([("wrn-22-2", 128, 0.95), ("wrn-22-2", 128, 0.99), ("resnet50", 1, 0.95)])
