@@ -201,6 +201,9 @@ def persistent_bytes(runner: Runner) -> int:
     """Weights, index buffers and optimizer state of the live model (each storage once)."""
     seen, total = set(), 0
     tensors = list(runner.model.parameters()) + list(runner.model.buffers())
+    for store in getattr(runner.extra, "stores", {}).values():   # masked-dense masks (and their float copy)
+        if not store.compressed:
+            tensors += [store.mask] + ([store._multiplier] if store._multiplier is not None else [])
     for state in runner.optimizer.state.values():
         tensors += [v for v in state.values() if torch.is_tensor(v)]
     for t in tensors:
@@ -228,8 +231,10 @@ def child(spec: str) -> None:
         runner.extra.update_masks(0.3)   # one topology update (RigL's grow scores need the capture)
     runner.step(), runner.step()
     peak = _status_kb("VmHWM")
+    report = runner.extra.density_report() if runner.extra is not None else {}
     print(json.dumps({"build_peak_mb": (built - base) / 1024, "train_peak_mb": (peak - base) / 1024,
-                      "persistent_mb": persistent_bytes(runner) / 2 ** 20}))
+                      "persistent_mb": persistent_bytes(runner) / 2 ** 20,
+                      "params": report.get("model_params"), "nonzero_params": report.get("model_nonzero_params")}))
 
 
 def memory_table(jobs) -> dict:

@@ -227,3 +227,12 @@ def test_build_sparse_creates_compressed_layers_with_the_plans_counts_and_init()
     nn.functional.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 2, 3])).backward()
     engine.step_optimizer()
     assert engine.layers["3.weight"].nnz == plan.counts["3.weight"]
+
+
+@pytest.mark.skipif(not HAS_SPARSEPROP, reason="sparseprop not installed")
+@pytest.mark.parametrize("batch", [5, 16])
+def test_in_place_layers_may_follow_a_sparse_conv(batch):
+    layer = SparseConv2d.random(4, 8, 3, 0.3, padding=1, stride=2)
+    x = torch.randn(batch, 4, 6, 6, requires_grad=True)
+    nn.Sequential(layer, nn.ReLU(inplace=True))(x).sum().backward()
+    assert x.grad is not None and layer.values.grad is not None

@@ -89,11 +89,21 @@ def _sp_forward(x, values, idx, geo: Geometry, channels: int) -> Tuple[torch.Ten
                                                                                out, k, p)
         return out, xt
     pad = -n % 8
-    xp = F.pad(xt, (0, pad)) if pad else xt
-    out = x.new_zeros(channels, oh, ow, n + pad)
+    if pad:
+        xp = F.pad(xt, (0, pad))
+        out = x.new_zeros(channels, oh, ow, n + pad)
+        _sp_call_forward(geo, xp, idx, v, out)
+        return out.permute(3, 0, 1, 2)[:n].contiguous(), xt
+    # (N, C, H, W) with the kernel's C × H × W × N memory order: the output is its own base tensor
+    # (not a view), so in-place layers after it (ReLU(inplace=True)) are allowed
+    y = torch.empty_strided((n, channels, oh, ow), (1, oh * ow * n, ow * n, n), dtype=x.dtype, device=x.device)
+    _sp_call_forward(geo, xt, idx, v, y.zero_().permute(1, 2, 3, 0))
+    return y, xt
+
+
+def _sp_call_forward(geo: Geometry, xt, idx, v, out) -> None:
     fn = "sparse_conv2d_vectorized_forward_stride_%d" % geo.stride[0]
-    getattr(sparseprop_backend(), fn)(xp, *idx, v, out, k, p)
-    return out.permute(3, 0, 1, 2)[:n], xt
+    getattr(sparseprop_backend(), fn)(xt, *idx, v, out, geo.kernel_size[0], geo.padding[0])
 
 
 def _sp_backward(xt, values, grad, idx, geo: Geometry):
@@ -139,7 +149,8 @@ def _mkl_backward(ctx, x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor
 class SparseConv2dFunction(torch.autograd.Function):
     """Autograd function of :func:`sparse_conv2d`. The sparseprop path keeps the input in the
     C × H × W × N layout its backward kernel reads (one copy per step fewer) and returns its output
-    as an (N, C, H, W) view of that layout, as sparseprop's own module does."""
+    in that memory order (an (N, C, H, W) tensor with permuted strides), as sparseprop's own module
+    does."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], plan: Plan,
