@@ -256,9 +256,16 @@ def main() -> None:
     p.add_argument("--parts", default="layers,models,memory")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--child")
+    p.add_argument("--markdown", help="print the tables of a result JSON and exit")
     a = p.parse_args()
     if a.child:
         return child(a.child)
+    if a.markdown:
+        with open(a.markdown) as f:
+            res = json.load(f)
+        tables = {"layers": layers_md, "models": models_md, "memory": memory_md}
+        print("\n\n".join(fn(res[k]) for k, fn in tables.items() if k in res))
+        return None
     torch.set_num_threads(2)
     res = {"torch": torch.__version__, "threads": 2, "cpus": os.cpu_count(), "started": time.strftime("%H:%M UTC")}
     parts = a.parts.split(",")
@@ -273,6 +280,42 @@ def main() -> None:
         res["memory"] = memory_table([("wrn-22-2", 128, 0.95), ("wrn-22-2", 128, 0.99), ("resnet50", 1, 0.95)])
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
+
+
+
+# --- markdown ---------------------------------------------------------------------------------------
+def _ratio(v: dict) -> str:
+    return f"{v['ratio']:.2f}× ({v['ratio_min']:.2f}–{v['ratio_max']:.2f})"
+
+
+def layers_md(res: dict) -> str:
+    rows = ["| layer (C→C, map, kernel) @density | phase | dense ms | ours: sp | ours: mkl | sparseprop's own | load |",
+            "|---|---|---:|---:|---:|---:|---|"]
+    for key, r in res.items():
+        for phase in ("train", "infer"):
+            p = r[phase]
+            rows.append(f"| {key} | {phase} | {p['dense']['ms']:.1f} | {_ratio(p['sp'])} | {_ratio(p['mkl'])} | "
+                        f"{_ratio(p['sparseprop'])} | {min(p['load']):.1f}–{max(p['load']):.1f} |")
+    return "\n".join(rows)
+
+
+def models_md(res: dict) -> str:
+    configs = ("masked", "sparse", "sparse-all", "sparseprop")
+    rows = ["| job | dense ms | " + " | ".join(configs) + " | load |", "|---|---:|" + "---:|" * len(configs) + "---|"]
+    for key, r in res.items():
+        rows.append(f"| {key} | {r['dense']['ms']:.0f} | " + " | ".join(_ratio(r[c]) for c in configs) +
+                    f" | {min(r['load']):.1f}–{max(r['load']):.1f} |")
+    return "\n".join(rows)
+
+
+def memory_md(res: dict) -> str:
+    rows = ["| model @sparsity config | construction peak MB | training peak MB | persistent MB | nonzero share |",
+            "|---|---:|---:|---:|---:|"]
+    for key, r in res.items():
+        share = f"{r['nonzero_params'] / r['params']:.3f}" if r.get("params") else "—"
+        rows.append(f"| {key} | {r.get('build_peak_mb', 0):.1f} | {r.get('train_peak_mb', 0):.1f} | "
+                    f"{r.get('persistent_mb', 0):.2f} | {share} |" if "error" not in r else f"| {key} | error | | | |")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":
