@@ -50,6 +50,7 @@ def test_mkl_conv_matches_dense_float64(geometry):
 def test_sparseprop_conv_matches_dense_float32(geometry, batch):
     layer = check_against_dense("auto", torch.float32, geometry, batch, tol=1e-4)
     assert layer.uses_sparseprop()
+    assert layer.index_bytes() == 4 * (6 + layer.nnz) + 2 * 5 * 4 + 2 * layer.nnz   # CSR + sparseprop's
 
 
 def test_gradcheck_and_unsupported_geometry_falls_back():

@@ -112,6 +112,12 @@ class SparseConv2d(CSRWeight):
     def _pattern_changed(self) -> None:
         self._sp_indices = None
 
+    def index_bytes(self) -> int:
+        """CSR indices, Wᵀ's structure if cached, and sparseprop's index arrays if built (one int16
+        offset per (output, input) channel pair plus two bytes per connection)."""
+        extra = self._sp_indices[1:] if self._sp_indices is not None else ()
+        return super().index_bytes() + sum(t.numel() * t.element_size() for t in extra)
+
     def join_factors(self, captured: list) -> Tuple[torch.Tensor, torch.Tensor]:
         """(X, G): the patch matrix and the (out × N·L) output gradient of every use in a step."""
         x, g = torch.cat([x for x, _ in captured]), torch.cat([g for _, g in captured])
