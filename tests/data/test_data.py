@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import pickle
 import re
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from sparsetrain.data import (
 from sparsetrain.data.common import random_crop
 from sparsetrain.errors import ConfigError, DataError
 from sparsetrain.registry import DATASETS
-from helpers import ROOT
+from helpers import ROOT, cifar10_tree, write_pickle
 
 
 def _real_data_root() -> Path:
@@ -301,30 +300,6 @@ def test_wikitext_reader_on_tiny_files(tmp_path):
 # ---------------------------------------------------------------- CIFAR on tiny real-format files
 
 
-def _write_pickle(path: Path, obj) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def _cifar10_tree(root: Path, per_batch: int = 4) -> np.ndarray:
-    """cifar-10-batches-py with bytes keys, as the Python-2 pickles read with encoding='bytes'."""
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    all_data = rng.integers(0, 256, size=(6 * per_batch, 3072), dtype=np.uint8)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for k, name in enumerate(names):
-        rows = slice(k * per_batch, (k + 1) * per_batch)
-        _write_pickle(folder / name, {b"batch_label": name.encode(), b"data": all_data[rows],
-                                      b"labels": [(k + j) % 10 for j in range(per_batch)],
-                                      b"filenames": [b"x.png"] * per_batch})
-    labels = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse",
-              b"ship", b"truck"]
-    _write_pickle(folder / "batches.meta", {b"label_names": [s.decode() for s in labels],
-                                            b"num_cases_per_batch": per_batch, b"num_vis": 3072})
-    return all_data
-
-
 def _normalised(row: np.ndarray, mean, std) -> torch.Tensor:
     image = torch.from_numpy(row.reshape(3, 32, 32).astype(np.float32) / 255.0)
     return (image - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
@@ -334,7 +309,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def test_cifar10_loader_without_augmentation(tmp_path):
-    data = _cifar10_tree(tmp_path)
+    data = cifar10_tree(tmp_path)
     splits = load_dataset("cifar10", tmp_path, augment=False)
     assert splits.info == DataInfo("cifar10", (3, 32, 32), 10)
     assert (len(splits.train), len(splits.test)) == (20, 4)
@@ -356,7 +331,7 @@ def _crop_flip_candidates(plain: torch.Tensor):
 
 
 def test_cifar10_augmentation_is_crop_and_flip(tmp_path):
-    data = _cifar10_tree(tmp_path)
+    data = cifar10_tree(tmp_path)
     splits = load_dataset("cifar10", tmp_path, augment=True)
     torch.manual_seed(0)
     raw = torch.from_numpy(data[7].reshape(3, 32, 32))
@@ -374,7 +349,7 @@ def test_cifar10_augmentation_is_crop_and_flip(tmp_path):
 
 
 def test_cifar10_validation_split_is_not_augmented(tmp_path):
-    data = _cifar10_tree(tmp_path)
+    data = cifar10_tree(tmp_path)
     splits = load_dataset("cifar10", tmp_path, val_size=5, seed=3, augment=True)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (15, 5, 4)
     assert splits.train.augment and not splits.val.augment and not splits.test.augment
@@ -390,11 +365,11 @@ def test_cifar100_loader(tmp_path):
     rng = np.random.default_rng(1)
     train = rng.integers(0, 256, size=(6, 3072), dtype=np.uint8)
     fine = [0, 17, 42, 99, 5, 63]
-    _write_pickle(folder / "train", {"data": train, "fine_labels": fine, "coarse_labels": [0] * 6,
+    write_pickle(folder / "train", {"data": train, "fine_labels": fine, "coarse_labels": [0] * 6,
                                      "filenames": ["a.png"] * 6, "batch_label": "training batch"})
-    _write_pickle(folder / "test", {"data": train[:2], "fine_labels": [99, 0],
+    write_pickle(folder / "test", {"data": train[:2], "fine_labels": [99, 0],
                                     "coarse_labels": [0, 0], "filenames": ["b.png"] * 2})
-    _write_pickle(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)],
+    write_pickle(folder / "meta", {"fine_label_names": [f"c{i}" for i in range(100)],
                                     "coarse_label_names": [f"s{i}" for i in range(20)]})
     splits = load_dataset("cifar100", tmp_path, val_size=2)
     assert splits.info == DataInfo("cifar100", (3, 32, 32), 100)
@@ -409,7 +384,7 @@ def test_cifar_missing_and_corrupt_files(tmp_path):
         load_dataset("cifar10", tmp_path)
     with pytest.raises(DataError, match="cifar-100-python"):
         load_dataset("cifar100", tmp_path)
-    _cifar10_tree(tmp_path)
+    cifar10_tree(tmp_path)
     (tmp_path / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"not a pickle")
     with pytest.raises(DataError, match="data_batch_3"):
         load_dataset("cifar10", tmp_path)

@@ -29,7 +29,13 @@ def model(seed=0):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 5)).double()
     net.add_module("rnn", nn.LSTM(5, 4).double())  # forward does not use it: only its stores matter
+    net.add_module("conv", nn.Conv2d(3, 4, 3, padding=1).double())  # run on its own by step()
     return net
+
+
+def step(net):
+    loss = net[:3](torch.randn(6, 12, dtype=torch.float64)).pow(2).sum()
+    (loss + net.conv(torch.randn(2, 3, 5, 5, dtype=torch.float64)).pow(2).sum()).backward()
 
 
 def engines():
@@ -43,9 +49,9 @@ def engines():
         if kind != "masked":
             eng._install(STORAGES.get(kind).compress(eng.model, eng.stores, ALL_SPARSE, opt, announce=False))
             assert any(s.compressed for s in eng.stores.values()), kind
-        net[:3](torch.randn(6, 12, dtype=torch.float64)).pow(2).sum().backward()
+        step(net)
         eng.step_optimizer()
-        net[:3](torch.randn(6, 12, dtype=torch.float64)).pow(2).sum().backward()  # a gradient to read
+        step(net)  # a gradient to read
         out.append((kind, eng, opt))
     return out
 

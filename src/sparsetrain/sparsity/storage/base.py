@@ -33,6 +33,7 @@ from ..topk import count_active
 
 BACKENDS = ("sparse", "dense")
 KERNELS = ("mkl", "sparseprop")
+CONV_KERNELS = ("auto", "mkl", "sparseprop")
 
 #: entries of the dense score matrix formed at once while growing a compressed layer: 4 MiB of
 #: float32 scores, about 40 MB of temporaries in all (scores, eligibility, candidate indices)
@@ -186,8 +187,8 @@ class BackendPolicy:
         max_density: compress only layers with at most this fraction of active weights.
         min_size: compress only layers with at least this many weights (dense entries).
         overrides: {fnmatch pattern over weight names: "sparse" | "dense"}; the first matching
-            pattern wins over the automatic rule (a layer other than Linear, LSTM or GRU always
-            stays dense).
+            pattern wins over the automatic rule (a layer other than Linear, Conv2d, LSTM or GRU
+            always stays dense).
         cache_transpose: compressed layers keep Wᵀ's structure between steps (faster backward,
             8 more bytes per connection); see ``SparseLinear``.
         kernel: "mkl" (torch's MKL CSR products, the default) or "sparseprop" (the AVX2 kernels
@@ -195,6 +196,10 @@ class BackendPolicy:
             Wᵀ structure; measured in docs/performance.md).
         block_elems: entries of a compressed layer's grow scores formed at once (memory bound of
             a growth step).
+        conv_min_size: compress an nn.Conv2d (groups = 1) only with at least this many weights
+            (its cost is nnz × output positions: convs pay off far below ``min_size``).
+        conv_kernel: products of compressed convolutions: "auto" (sparseprop's direct kernels
+            where they cover the layer, else unfold + MKL CSR), "sparseprop" (same) or "mkl".
     """
 
     max_density: float = 0.1
@@ -203,9 +208,13 @@ class BackendPolicy:
     cache_transpose: bool = True
     kernel: str = "mkl"
     block_elems: int = DEFAULT_BLOCK_ELEMS
+    conv_min_size: int = 1 << 12
+    conv_kernel: str = "auto"
 
     def __post_init__(self):
         check_kernel(self.kernel)
+        if self.conv_kernel not in CONV_KERNELS:
+            raise ConfigError(f"unknown conv kernel '{self.conv_kernel}'; choose one of: {', '.join(CONV_KERNELS)}")
         bad = {p: b for p, b in self.overrides.items() if b not in BACKENDS}
         if bad:
             raise ConfigError(f"backend overrides {bad} are invalid; use 'sparse' or 'dense'")

@@ -37,7 +37,7 @@ def _masks_of(engine_or_masks) -> Mapping[str, torch.Tensor]:
     return masks
 
 
-def _replace_module(model: nn.Module, module_name: str, new: nn.Module) -> None:
+def replace_module(model: nn.Module, module_name: str, new: nn.Module) -> None:
     parent_name, _, child = module_name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
@@ -56,12 +56,12 @@ def swap_parameter(optimizer: Optional[torch.optim.Optimizer], old: nn.Parameter
                                 for k, v in state.items()}
 
 
-def _gather(flat: torch.Tensor):
+def gather_state(flat: torch.Tensor):
     """Dense per-weight state → its entries at the active positions ``flat``."""
     return lambda t: t.reshape(-1)[flat].clone()
 
 
-def _scatter(flat: torch.Tensor, like: torch.Tensor):
+def scatter_state(flat: torch.Tensor, like: torch.Tensor):
     """Per-connection state at positions ``flat`` → a dense tensor shaped as ``like`` (0 elsewhere)."""
     def scatter(t: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(like.numel(), dtype=t.dtype, device=t.device)
@@ -70,17 +70,27 @@ def _scatter(flat: torch.Tensor, like: torch.Tensor):
     return scatter
 
 
+def replace_layer(model: nn.Module, module_name: str, new: nn.Module, old_weight: nn.Parameter,
+                  new_weight: nn.Parameter, convert, optimizer: Optional[torch.optim.Optimizer]) -> nn.Module:
+    """Put ``new`` in place of ``model.<module_name>``: the optimizer steps ``new_weight`` instead of
+    ``old_weight`` (per-weight state ``convert``-ed) and the bias Parameter moves over as the same
+    object (its optimizer state stays valid). Returns ``new``."""
+    old = model.get_submodule(module_name)
+    swap_parameter(optimizer, old_weight, new_weight, convert)
+    if old.bias is not None:
+        new.bias = old.bias
+    replace_module(model, module_name, new)
+    return new
+
+
 def compress_linear(model: nn.Module, module_name: str, mask: torch.Tensor,
                     optimizer: Optional[torch.optim.Optimizer] = None, cache_transpose: bool = True) -> SparseLinear:
     """Replace ``model.<module_name>`` (an nn.Linear) by a SparseLinear holding its weights
     under ``mask``; returns the new layer."""
     linear = model.get_submodule(module_name)
     layer = SparseLinear.from_dense(linear, mask, cache_transpose=cache_transpose)
-    swap_parameter(optimizer, linear.weight, layer.values, _gather(layer.flat_indices()))
-    if linear.bias is not None:
-        layer.bias = linear.bias  # same Parameter object: its optimizer state stays valid
-    _replace_module(model, module_name, layer)
-    return layer
+    return replace_layer(model, module_name, layer, linear.weight, layer.values,
+                         gather_state(layer.flat_indices()), optimizer)
 
 
 def decompress_linear(model: nn.Module, module_name: str,
@@ -88,11 +98,8 @@ def decompress_linear(model: nn.Module, module_name: str,
     """Replace a SparseLinear by the equivalent nn.Linear (state scattered back to dense)."""
     layer = model.get_submodule(module_name)
     linear = layer.to_linear()
-    swap_parameter(optimizer, layer.values, linear.weight, _scatter(layer.flat_indices(), linear.weight))
-    if layer.bias is not None:
-        linear.bias = layer.bias
-    _replace_module(model, module_name, linear)
-    return linear
+    return replace_layer(model, module_name, linear, layer.values, linear.weight,
+                         scatter_state(layer.flat_indices(), linear.weight), optimizer)
 
 
 def rnn_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
@@ -141,8 +148,8 @@ def compress_rnn(model: nn.Module, module_name: str, masks: Mapping[str, torch.T
     local = {n: masks[f"{module_name}.{n}"] for n in matrix_names(rnn.num_layers) if f"{module_name}.{n}" in masks}
     new = SPARSE_RNNS[type(rnn)].from_dense(rnn, local, cache_transpose=cache_transpose)
     for name, layer in new.matrices().items():
-        swap_parameter(optimizer, getattr(rnn, name), layer.values, _gather(layer.flat_indices()))
-    _replace_module(model, module_name, new)
+        swap_parameter(optimizer, getattr(rnn, name), layer.values, gather_state(layer.flat_indices()))
+    replace_module(model, module_name, new)
     return {f"{module_name}.{n}": layer for n, layer in new.matrices().items()}
 
 
@@ -155,9 +162,9 @@ def decompress_rnn(model: nn.Module, module_name: str,
     masks = {}
     for name, layer in sparse.matrices().items():
         weight = getattr(dense, name)
-        swap_parameter(optimizer, layer.values, weight, _scatter(layer.flat_indices(), weight))
+        swap_parameter(optimizer, layer.values, weight, scatter_state(layer.flat_indices(), weight))
         masks[f"{module_name}.{name}"] = layer.mask()
-    _replace_module(model, module_name, dense)
+    replace_module(model, module_name, dense)
     return masks
 
 

@@ -26,6 +26,7 @@ from ....errors import CheckpointError, ConfigError
 from .indices import csr_from_flat, csr_tensor, flat_from_csr, flat_from_mask
 from .convert import compress_rnn, compressed_layers, decompress_rnn, rnn_modules
 from .linear import SparseLinear
+from .matrix import CSRWeight
 from .rnn import SparseRNNBase, matrix_names, unsupported_reason
 
 FORMAT_VERSION = 1
@@ -48,10 +49,10 @@ def _csr_entries(name: str, shape, flat: torch.Tensor, values: torch.Tensor) -> 
 def _collect(model: nn.Module, masks: Mapping[str, torch.Tensor]):
     """(tensors, {csr weight name: dense shape}) of ``model`` under ``masks``."""
     tensors, csr = {}, {}
-    sparse_prefixes = {f"{n}." for n, m in model.named_modules() if isinstance(m, SparseLinear)}
-    for name, (_, m) in compressed_layers(model).items():
-        csr[name] = list(m.shape)
-        tensors.update(_csr_entries(name, m.shape, m.flat_indices(), m.values.detach()))
+    sparse_prefixes = {f"{n}." for n, m in model.named_modules() if isinstance(m, CSRWeight)}
+    for name, (_, m) in _all_compressed(model).items():
+        csr[name] = list(m.weight_shape)
+        tensors.update(_csr_entries(name, m.weight_shape, m.flat_indices(), m.values.detach()))
     for name, t in model.state_dict().items():
         if any(name.startswith(p) and name[len(p):] in ("values", "crow_indices", "col_indices")
                for p in sparse_prefixes):
@@ -66,6 +67,15 @@ def _collect(model: nn.Module, masks: Mapping[str, torch.Tensor]):
         else:
             tensors[name] = t.detach()
     return tensors, csr
+
+
+def _all_compressed(model: nn.Module) -> Dict[str, tuple]:
+    """{weight name: (module name, layer)} of every compressed layer (Linear, RNN matrix, conv)."""
+    out = compressed_layers(model)
+    seen = {id(m) for _, m in out.values()}
+    out.update({f"{n}.weight": (n, m) for n, m in model.named_modules()
+                if n and isinstance(m, CSRWeight) and id(m) not in seen})
+    return out
 
 
 def export_sparse(model: nn.Module, path, masks: Optional[Mapping[str, torch.Tensor]] = None) -> int:
@@ -120,7 +130,8 @@ class SparseCheckpoint:
 
     def load_into(self, model: nn.Module, compress: bool = True) -> nn.Module:
         """Load into ``model`` (the architecture it was exported from). With ``compress``,
-        Linear layers stored in CSR become :class:`SparseLinear` (fast sparse inference), and an
+        Linear layers stored in CSR become :class:`SparseLinear` and Conv2d layers (groups = 1)
+        ``SparseConv2d`` (fast sparse inference), and an
         nn.LSTM / nn.GRU whose weight matrices are all stored in CSR a SparseLSTM / SparseGRU."""
         rnns = self._recurrent(model)
         for module_name in rnns:  # sparse ones take the dense state first, like nn.LSTM
@@ -130,11 +141,7 @@ class SparseCheckpoint:
         for name in self.shapes:
             module_name = name[: -len(".weight")] if name.endswith(".weight") else None
             module = _submodule(model, module_name)
-            if compress and type(module) in (nn.Linear, SparseLinear):
-                if (module.out_features, module.in_features) != self.shapes[name]:
-                    raise CheckpointError(f"'{name}' was exported with shape {self.shapes[name]}, the model's "
-                                          f"layer is {(module.out_features, module.in_features)}; build the "
-                                          "model it was exported from")
+            if compress and _compressible(module):
                 self._place_sparse(model, module_name, module, name)
                 done.update({name, f"{module_name}.bias"})
         rest = {k: v for k, v in state.items() if k not in done}
@@ -161,11 +168,45 @@ class SparseCheckpoint:
         return [n for n, m in candidates if all(f"{n}.{w}" in self.shapes for w in matrix_names(m.num_layers))]
 
     def _place_sparse(self, model: nn.Module, module_name: str, module: nn.Module, name: str) -> None:
-        out_f, in_f = self.shapes[name]
+        """Put the compressed equivalent of ``module`` (nn.Linear / nn.Conv2d, or their compressed
+        layers) holding weight ``name`` in its place."""
+        layer = _weight_shape(module)
+        if layer != self.shapes[name]:
+            raise CheckpointError(f"'{name}' was exported with shape {self.shapes[name]}, the model's layer is "
+                                  f"{layer}; build the model it was exported from")
+        flat, values = self._flat(name), self.tensors[f"{name}.values"]
         bias = self.tensors.get(f"{module_name}.bias")
-        layer = SparseLinear(in_f, out_f, self._flat(name), self.tensors[f"{name}.values"], bias)
+        if len(layer) == 2:
+            new = SparseLinear(layer[1], layer[0], flat, values, bias)
+        else:
+            new = _conv().SparseConv2d(module.in_channels, module.out_channels, module.kernel_size, flat, values, bias,
+                                stride=_geometry(module).stride, padding=_geometry(module).padding,
+                                dilation=_geometry(module).dilation)
         parent, _, child = module_name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, layer.to(next(module.parameters()).device))
+        setattr(model.get_submodule(parent) if parent else model, child, new.to(next(module.parameters()).device))
+
+
+def _conv():
+    """The conv storage's layer module (it builds on this package, so it is imported when needed)."""
+    from ..conv import layer
+    return layer
+
+
+def _compressible(module: Optional[nn.Module]) -> bool:
+    """Whether an exported CSR weight of ``module`` is loaded as a compressed layer."""
+    conv = _conv()
+    if type(module) in (nn.Linear, SparseLinear, conv.SparseConv2d):
+        return True
+    return type(module) is nn.Conv2d and conv.unsupported_reason(module) is None
+
+
+def _weight_shape(module: nn.Module) -> tuple:
+    return tuple(module.weight_shape) if isinstance(module, CSRWeight) else tuple(module.weight.shape)
+
+
+def _geometry(module: nn.Module):
+    """(stride, padding, dilation) of an nn.Conv2d or SparseConv2d, as a namespace."""
+    return module.geometry if isinstance(module, CSRWeight) else module
 
 
 def _submodule(model: nn.Module, name: Optional[str]) -> Optional[nn.Module]:

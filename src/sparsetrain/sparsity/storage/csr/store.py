@@ -38,8 +38,8 @@ from ..base import STORAGES, BackendPolicy, GrowScores, LayerStore, Storage, Syn
 from ..dense import MaskedDenseStore
 from .convert import (choose_rnn, compress_linear, compress_rnn, compressed_layers, densify_model, rnn_modules,
                       swap_parameter)
-from .indices import carry, flat_from_csr, flat_from_mask, match, row_ids
-from .linear import SparseLinear
+from .indices import carry, flat_from_csr, flat_from_mask, match
+from .matrix import CSRWeight, coo_flat, coo_mask
 from .rnn import matrix_names, unsupported_reason
 from .streaming import streaming_topk
 
@@ -53,12 +53,14 @@ def _logical_target(name: str, module_name: str, shape: tuple) -> Target:
 
 
 class CSRStore(LayerStore):
-    """One :class:`SparseLinear` (a Linear layer or an RNN weight matrix) as a layer store."""
+    """One :class:`CSRWeight` layer (a SparseLinear, an RNN weight matrix, a SparseConv2d) as a
+    layer store; it works on the weight as a matrix (dim 0 × the rest), whose flat positions are
+    the weight's own."""
 
     compressed = True
 
-    def __init__(self, name: str, module_name: str, layer: SparseLinear, block_elems: int):
-        super().__init__(_logical_target(name, module_name, layer.shape))
+    def __init__(self, name: str, module_name: str, layer: CSRWeight, block_elems: int):
+        super().__init__(_logical_target(name, module_name, layer.weight_shape))
         self.layer, self.block_elems = layer, int(block_elems)
         self._factors: Optional[Tuple[torch.Tensor, torch.Tensor]] = None
 
@@ -85,23 +87,22 @@ class CSRStore(LayerStore):
         self._factors = None
 
     def dense_grad(self) -> torch.Tensor:
-        """∂L/∂W in full (prefer :meth:`dense_grad_rows`)."""
-        return self.dense_grad_rows(slice(0, self.layer.out_features))
+        """∂L/∂W in full, shaped as the weight (prefer :meth:`dense_grad_rows`)."""
+        return self.dense_grad_rows(slice(0, self.layer.n_rows)).view(self.shape)
 
     def dense_grad_rows(self, rows: slice) -> torch.Tensor:
-        """Rows of ∂L/∂W = gᵀx from the factors captured in this step's backward pass (summed over
-        every use of the layer); zeros if none were captured."""
+        """Rows of ∂L/∂W (the weight as a matrix) formed by the layer from the factors captured in
+        this step's backward pass (every use of the layer); zeros if none were captured."""
         factors = self._captured()
         if factors is None:
-            n = len(range(*rows.indices(self.layer.out_features)))
-            return self.layer.values.new_zeros(n, self.layer.in_features)
-        x, g = factors
-        return g[:, rows].T @ x
+            n = len(range(*rows.indices(self.layer.n_rows)))
+            return self.layer.values.new_zeros(n, self.layer.n_cols)
+        return self.layer.grad_rows(factors, rows)
 
-    def _captured(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    def _captured(self) -> Optional[Tuple[torch.Tensor, ...]]:
         cap = self.layer.capture
         if self._factors is None and cap:
-            self._factors = (torch.cat([x for x, _ in cap]), torch.cat([g for _, g in cap]))
+            self._factors = self.layer.join_factors(cap)
         return self._factors
 
     def active_values(self, tensor: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -155,7 +156,7 @@ class CSRStore(LayerStore):
                     optimizer: Optional[torch.optim.Optimizer]) -> None:
         """Re-index values, gradient and per-weight optimizer state to the pattern ``new``. A changed
         count makes ``layer.values`` a new Parameter, put in the optimizer's place of the old one
-        (see :meth:`SparseLinear.set_pattern`)."""
+        (see :meth:`CSRWeight.set_pattern`)."""
         p = self.layer.values
         grad = None if p.grad is None else carry(p.grad, pos, found)
         q = self.layer.set_pattern(new, carry(p.detach(), pos, found))
@@ -170,12 +171,9 @@ class CSRStore(LayerStore):
 
     # --- persistence ----------------------------------------------------------------------------
     def mask_state(self) -> torch.Tensor:
-        """A sparse COO bool tensor (deep-copies and saves like any tensor; a masked-dense store
-        loads it too)."""
-        layer = self.layer
-        idx = torch.stack([row_ids(layer.crow_indices), layer.col_indices.long()])
-        ones = torch.ones(layer.nnz, dtype=torch.bool, device=idx.device)
-        return torch.sparse_coo_tensor(idx, ones, layer.shape, is_coalesced=True, check_invariants=False)
+        """A sparse COO bool tensor of the weight's shape (deep-copies and saves like any tensor; a
+        masked-dense store loads it too)."""
+        return coo_mask(self.layer.flat_indices(), self.shape)
 
     def load_mask(self, mask: torch.Tensor) -> None:
         """The pattern comes from the model's state_dict (load that first); the mask must agree."""
@@ -189,13 +187,11 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     if mask.layout == torch.sparse_csr:
         return flat_from_csr(mask.crow_indices(), mask.col_indices(), mask.shape[1])
     if mask.layout == torch.sparse_coo:
-        mask = mask.coalesce()
-        idx = mask.indices()[:, mask.values()]
-        return idx[0] * mask.shape[1] + idx[1]
+        return coo_flat(mask)
     return flat_from_mask(mask)
 
 
-def _saved_sparse(mask, shape: tuple) -> bool:
+def saved_sparse(mask, shape: tuple) -> bool:
     """Whether ``mask`` (from a saved engine state) says a layer of ``shape`` was stored compressed."""
     return torch.is_tensor(mask) and mask.layout != torch.strided and tuple(mask.shape) == shape
 
@@ -225,12 +221,12 @@ class CSRStorage(Storage):
                 policy: BackendPolicy, optimizer: Optional[torch.optim.Optimizer]) -> Dict[str, LayerStore]:
         out = {}
         for s in _dense(stores):
-            if _is_linear(model, s.target) and _saved_sparse(saved.get(s.name), s.shape):
+            if _is_linear(model, s.target) and saved_sparse(saved.get(s.name), s.shape):
                 out.update(self._linear(model, s.target, _dense_mask(saved[s.name], s.param), policy, optimizer))
         for module_name, rnn in rnn_modules(model):
             names = [f"{module_name}.{n}" for n in matrix_names(rnn.num_layers)]
             if unsupported_reason(rnn) is None and all(
-                    n in stores and _saved_sparse(saved.get(n), stores[n].shape) for n in names):
+                    n in stores and saved_sparse(saved.get(n), stores[n].shape) for n in names):
                 masks = {n: _dense_mask(saved[n], stores[n].param) for n in names}
                 out.update(self._rnn(model, module_name, masks, policy, optimizer))
         return out

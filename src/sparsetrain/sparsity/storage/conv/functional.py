@@ -1,0 +1,196 @@
+"""The sparse 2-D convolution y = W ⋆ x + b as a custom autograd function.
+
+W (out × in/groups × kh × kw) is held as a CSR matrix over its (out × in·kh·kw) view, the trainable
+tensor being its values v at the pattern P. With X = unfold(x), the (in·kh·kw × N·L) matrix of
+input patches of the whole batch (L output positions per example) and G the (out × N·L) output
+gradient:
+
+* forward:      Y = W X                      ``torch.sparse.mm`` (CSR × dense), O(nnz · N·L)
+* input grad:   ∂L/∂x = fold(Wᵀ G)           Wᵀ's CSR structure kept per topology
+* weight grad:  ∂L/∂v = (G Xᵀ)|_P            ``torch.sparse.sampled_addmm``: only the nonzeros
+
+so every product costs O(nnz · N·L) (kernel "mkl"). X is rebuilt in the backward pass from the
+saved input rather than kept (kh·kw times the input's memory per layer).
+
+Kernel "sparseprop" runs the three products on the AVX2 direct-convolution kernels of the
+sparseprop package (Nikdan et al., ICML 2023), which read the same values in the same (row-major)
+order through their own index format (:func:`sparseprop_indices`); they cover float32, square
+kernels, stride 1 or 2, no dilation, one group, symmetric padding (:func:`sparseprop_supports`).
+
+``sink``, if a list, receives (x, ∂L/∂y) at each backward pass: the factors of the dense weight
+gradient, formed block by block of output channels by the layer (``SparseConv2d.grad_rows``).
+"""
+from __future__ import annotations
+
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import record_function
+
+from ..csr.functional import Pattern, sparseprop_backend
+
+
+class Geometry(NamedTuple):
+    """Everything but the weight that defines a Conv2d's map (groups are always 1 here)."""
+
+    kernel_size: Tuple[int, int]
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+
+    def out_size(self, h: int, w: int) -> Tuple[int, int]:
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, p, d in
+                     zip((h, w), self.kernel_size, self.stride, self.padding, self.dilation))
+
+
+def columns(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
+    """X: the (in·kh·kw × N·L) patch matrix of a batch (row order = the weight's flat order)."""
+    cols = F.unfold(x, geo.kernel_size, geo.dilation, geo.padding, geo.stride)  # N × in·kh·kw × L
+    return cols.transpose(0, 1).reshape(cols.shape[1], -1)
+
+
+def channels_first(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) → the (C × N·H·W) matrix (one copy)."""
+    return t.transpose(0, 1).reshape(t.shape[1], -1)
+
+
+def sparseprop_supports(geo: Geometry, dtype: torch.dtype) -> bool:
+    """Whether sparseprop's conv kernels compute this layer's map."""
+    k, s, p = geo.kernel_size, geo.stride, geo.padding
+    return (dtype == torch.float32 and k[0] == k[1] and s[0] == s[1] and s[0] in (1, 2)
+            and p[0] == p[1] and geo.dilation == (1, 1) and sparseprop_backend() is not None)
+
+
+def sparseprop_indices(flat: torch.Tensor, weight_shape: tuple, crow: torch.Tensor):
+    """sparseprop's conv index format for sorted flat positions ``flat`` of a (O, C, K, K) weight:
+    row pointer per output channel, per-(o, c) offsets inside the row (int16), kernel row and
+    column per entry (uint8); values stay in our (row-major) order."""
+    o_n, c_n, _, _ = weight_shape
+    o, c, kx, ky = torch.unravel_index(flat, weight_shape)
+    counts = torch.bincount(o * c_n + c, minlength=o_n * c_n).view(o_n, c_n)
+    offsets = torch.zeros(o_n, c_n + 1, dtype=torch.int64)
+    torch.cumsum(counts, 1, out=offsets[:, 1:])
+    return crow, offsets.reshape(-1).to(torch.int16), kx.to(torch.uint8), ky.to(torch.uint8)
+
+
+def _sp_forward(x, values, idx, geo: Geometry, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """sparseprop's forward: (y, the input as the backward kernel reads it: C × H × W × N).
+
+    Its batch-vectorised kernel needs N % 8 == 0 (other batches get wrong tails): other batches
+    use the kernel vectorised over output columns (stride 1) or are padded with zero examples."""
+    n, _, h, w = x.shape
+    oh, ow = geo.out_size(h, w)
+    k, p, v = geo.kernel_size[0], geo.padding[0], values.detach()
+    xt = x.detach().permute(1, 2, 3, 0).contiguous()
+    if n % 8 and geo.stride[0] == 1:
+        out = x.new_zeros(n, channels, oh, ow)
+        sparseprop_backend().sparse_conv2d_vectorized_forward_over_on_stride_1(x.detach().contiguous(), *idx, v,
+                                                                               out, k, p)
+        return out, xt
+    pad = -n % 8
+    if pad:
+        xp = F.pad(xt, (0, pad))
+        out = x.new_zeros(channels, oh, ow, n + pad)
+        _sp_call_forward(geo, xp, idx, v, out)
+        return out.permute(3, 0, 1, 2)[:n].contiguous(), xt
+    # (N, C, H, W) with the kernel's C × H × W × N memory order: the output is its own base tensor
+    # (not a view), so in-place layers after it (ReLU(inplace=True)) are allowed
+    y = torch.empty_strided((n, channels, oh, ow), (1, oh * ow * n, ow * n, n), dtype=x.dtype, device=x.device)
+    _sp_call_forward(geo, xt, idx, v, y.zero_().permute(1, 2, 3, 0))
+    return y, xt
+
+
+def _sp_call_forward(geo: Geometry, xt, idx, v, out) -> None:
+    fn = "sparse_conv2d_vectorized_forward_stride_%d" % geo.stride[0]
+    getattr(sparseprop_backend(), fn)(xt, *idx, v, out, geo.kernel_size[0], geo.padding[0])
+
+
+def _sp_backward(xt, values, grad, idx, geo: Geometry):
+    """sparseprop's backward from the saved C × H × W × N input: (∂L/∂x, ∂L/∂v)."""
+    gt = grad.detach().permute(1, 2, 3, 0).contiguous()
+    grad_xt, grad_v = torch.zeros_like(xt), torch.zeros_like(values)
+    fn = "sparse_conv2d_vectorized_backward_stride_%d" % geo.stride[0]
+    getattr(sparseprop_backend(), fn)(xt, *idx, values.detach(), gt, grad_xt, grad_v, geo.kernel_size[0],
+                                      geo.padding[0])
+    return grad_xt.permute(3, 0, 1, 2), grad_v
+
+
+class Plan(NamedTuple):
+    """A layer's pattern (CSR, Wᵀ on demand, kernel), its geometry and sparseprop's indices (or None)."""
+
+    pattern: Pattern
+    geometry: Geometry
+    sp_indices: Optional[tuple] = None
+
+
+def _mkl_forward(x: torch.Tensor, values: torch.Tensor, plan: Plan) -> torch.Tensor:
+    n, _, h, w = x.shape
+    oh, ow = plan.geometry.out_size(h, w)
+    y = torch.sparse.mm(plan.pattern.matrix(values), columns(x, plan.geometry))  # out × N·L
+    return y.view(-1, n, oh, ow).transpose(0, 1)
+
+
+def _mkl_backward(ctx, x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, plan: Plan):
+    geo, grad_x, grad_v = plan.geometry, None, None
+    g = channels_first(grad)
+    if ctx.needs_input_grad[0]:
+        with record_function("sparse_conv2d.grad_input"):
+            dcols = torch.sparse.mm(plan.pattern.transposed_matrix(values), g)  # in·kh·kw × N·L
+            dcols = dcols.view(dcols.shape[0], x.shape[0], -1).transpose(0, 1)
+            grad_x = F.fold(dcols, x.shape[2:], geo.kernel_size, geo.dilation, geo.padding, geo.stride)
+    if ctx.needs_input_grad[1]:
+        with record_function("sparse_conv2d.grad_weight"):
+            grad_v = torch.sparse.sampled_addmm(plan.pattern.matrix(values), g, columns(x, geo).T,
+                                                beta=0.0).values()
+    return grad_x, grad_v
+
+
+class SparseConv2dFunction(torch.autograd.Function):
+    """Autograd function of :func:`sparse_conv2d`. The sparseprop path keeps the input in the
+    C × H × W × N layout its backward kernel reads (one copy per step fewer) and returns its output
+    in that memory order (an (N, C, H, W) tensor with permuted strides), as sparseprop's own module
+    does."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], plan: Plan,
+                sink: Optional[List]) -> torch.Tensor:
+        with record_function("sparse_conv2d.forward"):
+            if plan.pattern.kernel == "sparseprop":
+                y, saved = _sp_forward(x, values, plan.sp_indices, plan.geometry, plan.pattern.shape[0])
+            else:
+                y, saved = _mkl_forward(x, values, plan).contiguous(), x
+            if bias is not None:
+                y.add_(bias.view(1, -1, 1, 1))  # y is a fresh tensor
+        ctx.save_for_backward(saved, values)
+        ctx.plan, ctx.sink, ctx.has_bias = plan, sink, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        saved, values = ctx.saved_tensors
+        plan = ctx.plan
+        sp = plan.pattern.kernel == "sparseprop"
+        x = saved.permute(3, 0, 1, 2) if sp else saved
+        grad_x = grad_v = grad_b = None
+        if sp and any(ctx.needs_input_grad[:2]):
+            with record_function("sparse_conv2d.sparseprop_backward"):  # both gradients in one pass
+                grad_x, grad_v = _sp_backward(saved, values, grad, plan.sp_indices, plan.geometry)
+            grad_x = grad_x if ctx.needs_input_grad[0] else None
+            grad_v = grad_v if ctx.needs_input_grad[1] else None
+        elif any(ctx.needs_input_grad[:2]):
+            grad_x, grad_v = _mkl_backward(ctx, x, values, grad, plan)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        if ctx.sink is not None:
+            ctx.sink.append((x, grad.detach()))
+        return grad_x, grad_v, grad_b, None, None
+
+
+def sparse_conv2d(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], plan: Plan,
+                  sink: Optional[List] = None) -> torch.Tensor:
+    """y = W ⋆ x + b for W = CSR(plan.pattern, values) over a batch ``x`` (N, C, H, W); an
+    unbatched (C, H, W) input gives an unbatched output, as nn.Conv2d."""
+    if x.dim() == 3:
+        return sparse_conv2d(x.unsqueeze(0), values, bias, plan, sink).squeeze(0)
+    return SparseConv2dFunction.apply(x, values, bias, plan, sink)
