@@ -177,6 +177,22 @@ def test_nan_loss_stops_cleanly_and_keeps_last_good_checkpoint(tmp_path, capsys)
     assert all(torch.isfinite(v).all() for v in ck["model"].values())
 
 
+def test_resume_refuses_a_checkpoint_written_with_other_method_options(tmp_path, capsys):
+    """The checkpoint records the method's options, defaults included; a changed default (here
+    simulated by editing the record) stops a resume instead of switching the method mid-run."""
+    argv = ["train", "--out-dir", str(tmp_path), "--set", "train.steps=30", "--set", "train.checkpoint_every=10",
+            "--quiet"]
+    assert cli(argv, capsys)[0] == 0
+    (run_dir,) = tmp_path.iterdir()
+    (run_dir / "summary.json").unlink()  # an unfinished run
+    ck = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert ck["method_options"]["method"] == "rigl" and ck["method_options"]["delta_t"] == 100
+    ck["method_options"]["delta_t"] = 50
+    torch.save(ck, run_dir / "checkpoint.pt")
+    code, out, err = cli(["train", "--quiet", "--resume", str(run_dir)], capsys)
+    assert code == 2 and err.count("\n") == 1 and "delta_t: 50 -> 100" in err
+
+
 def test_amp_on_cpu_is_a_config_error(tmp_path):
     cfg = load_config(overrides=("train.amp=true", "train.device=cpu", f"out_dir={tmp_path}"))
     with pytest.raises(ConfigError, match="CUDA"):

@@ -129,7 +129,8 @@ class Trainer:
                 "config_hash": run_hash(self.cfg), "world_size": self.dist.world, "wall_time": self.elapsed(),
                 "scaler": s.scaler.state_dict() if s.scaler is not None else None,
                 "flops": self.flops.state_dict(), "phase": self.phase_index,
-                "ticket": self.clock.state_dict(), "threads": self._cpu_threads()}
+                "ticket": self.clock.state_dict(), "threads": self._cpu_threads(),
+                "method_options": self.method.describe()}
 
     def _cpu_threads(self) -> Optional[int]:
         """Intra-op threads of a CPU run (its float sums, hence its numbers, depend on them)."""
@@ -177,7 +178,25 @@ class Trainer:
             raise CheckpointError(f"checkpoint in '{self.run_dir}' is in phase {ck.get('phase')}, but the "
                                   f"method has {len(self.phases)}; delete it or use another out_dir")
         self._check_threads(ck.get("threads"))
+        self._check_method_options(ck.get("method_options"))
         return ck
+
+    def _check_method_options(self, saved: Optional[dict]) -> None:
+        """A run continues only with the method options it started with, defaults included: the
+        hash covers the options as written, so a changed default (a new release's GMP schedule,
+        say) would otherwise switch the method in the middle of a run."""
+        now = self.method.describe()
+        if saved is None:
+            log.warning("checkpoint in '%s' does not record the method's options (written by an older "
+                        "version); if the method's defaults changed since (docs/methods.md), delete the "
+                        "run directory to start over", self.run_dir)
+        elif saved != now:
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise CheckpointError(f"checkpoint in '{self.run_dir}' was written with other method options "
+                                  f"({', '.join(f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in changed)}); "
+                                  "the method's defaults changed since (docs/methods.md): delete the run "
+                                  "directory to start over, or write the old values into sparsity.options "
+                                  "for a new run")
 
     def _check_threads(self, saved: Optional[int]) -> None:
         """A CPU run continues only with the thread count it started with: another count sums in
