@@ -227,11 +227,14 @@ class BackendPolicy:
         """The backend the first override pattern matching ``name`` forces, or None."""
         return next((b for p, b in self.overrides.items() if fnmatch.fnmatchcase(name, p)), None)
 
-    def choose(self, name: str, numel: int, active: int) -> str:
-        """'sparse' or 'dense' for weight ``name`` with ``numel`` entries, ``active`` of them active."""
+    def choose(self, name: str, numel: int, active: int, min_size: Optional[int] = None) -> str:
+        """'sparse' or 'dense' for weight ``name`` with ``numel`` entries, ``active`` of them active:
+        an override, else density ≤ ``max_density`` and at least ``min_size`` (default
+        ``self.min_size``) weights."""
         forced = self.override(name)
         if forced is not None:
             return forced
         # compare counts, not floats: a layer built at density d has count_active(numel, d) weights
         small_enough = active <= count_active(numel, self.max_density)
-        return "sparse" if small_enough and numel >= self.min_size else "dense"
+        big_enough = numel >= (self.min_size if min_size is None else min_size)
+        return "sparse" if small_enough and big_enough else "dense"

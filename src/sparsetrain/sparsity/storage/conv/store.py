@@ -27,7 +27,6 @@ import torch
 from torch import nn
 
 from ...masks import Target
-from ...topk import count_active
 from ..base import STORAGES, BackendPolicy, LayerStore, Storage
 from ..csr.convert import gather_state, replace_layer, scatter_state
 from ..csr.store import CSRStore, saved_sparse
@@ -55,13 +54,10 @@ def choose_conv(policy: BackendPolicy, name: str, conv: nn.Conv2d, active: int) 
     """'sparse' or 'dense' for the weight ``name`` of ``conv``: an override, else density ≤
     max_density, at least ``conv_min_size`` weights and, under ``conv_kernel="auto"``, a geometry
     sparseprop's kernels cover (unfold + MKL trains 3–5× slower than dense: docs/performance.md)."""
-    forced = policy.override(name)
-    if forced is not None:
-        return forced
-    numel = conv.weight.numel()
     fast = policy.conv_kernel == "mkl" or sparseprop_supports(geometry_of(conv), conv.weight.dtype)
-    sparse_enough = active <= count_active(numel, policy.max_density)
-    return "sparse" if fast and sparse_enough and numel >= policy.conv_min_size else "dense"
+    if not fast and policy.override(name) is None:
+        return "dense"
+    return policy.choose(name, conv.weight.numel(), active, min_size=policy.conv_min_size)
 
 
 def compress_conv(model: nn.Module, module_name: str, mask: torch.Tensor, policy: BackendPolicy,
