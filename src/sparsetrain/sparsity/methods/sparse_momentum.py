@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 
@@ -92,10 +92,6 @@ class SparseMomentum(SNFS):
         o = self.options
         t = min(max(step, 0), self.total)
         return o.prune_rate_min + 0.5 * (o.prune_rate - o.prune_rate_min) * (1.0 + math.cos(math.pi * t / self.total))
-
-    def ticket_step(self, engine) -> Optional[int]:
-        s = self.schedule
-        return 0 if s.end <= s.start else s.start + (s.end - 1 - s.start) // s.delta_t * s.delta_t + 1
 
     def allocate(self, engine, fraction: float) -> Dict[str, Tuple[int, int]]:
         self._before = dict(engine.masks)  # masks are replaced, never edited: a reference suffices
