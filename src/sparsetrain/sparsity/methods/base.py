@@ -180,6 +180,8 @@ class DynamicMethod(RunHooks, Method):
     """
 
     Options = DynamicOptions
+    #: the gradient average is an EMA, (1 − β)·g per step (False: β·m + g, SGD's buffer rule)
+    dampened_momentum: bool = True
 
     def validate(self) -> None:
         o = self.options
@@ -233,12 +235,14 @@ class DynamicMethod(RunHooks, Method):
 
     @torch.no_grad()
     def _update_ema(self, engine: "SparsityEngine") -> None:
-        """EMA of dense gradients, m ← β·m + (1 − β)·g (the official RigL 'momentum' grow)."""
+        """EMA of dense gradients, m ← β·m + (1 − β)·g (the official RigL 'momentum' grow); with
+        ``dampened_momentum`` False, m ← β·m + g (SGD's momentum-buffer rule)."""
         beta = self.options.momentum
+        weight = 1 - beta if self.dampened_momentum else 1.0
         for t in engine.targets:
             g = engine.dense_grad(t.name)
             m = self.ema.get(t.name)
-            self.ema[t.name] = g.clone() if m is None else m.mul_(beta).add_(g, alpha=1 - beta)
+            self.ema[t.name] = g.clone() if m is None else m.mul_(beta).add_(g, alpha=weight)
 
     def allocate(self, engine: "SparsityEngine", fraction: float) -> Dict[str, Tuple[int, int]]:
         """floor(f·n_active) dropped and as many grown per layer, so every layer keeps its count

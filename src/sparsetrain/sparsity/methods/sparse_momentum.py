@@ -61,6 +61,10 @@ class SparseMomentum(SNFS):
 
     name = "sparse_momentum"
     Options = SparseMomentumOptions
+    #: the original's dense momentum, m ← β·m + g over every weight (SGD's buffer rule, no
+    #: dampening) instead of SNFS's EMA: same ranking, and directly the value a regrown weight's
+    #: momentum buffer inherits
+    dampened_momentum = False
     #: its dense momentum buffer (regrown weights inherit it) has no nnz-sized form: masked-dense only
     runs_on_compressed = False
 
@@ -129,15 +133,4 @@ class SparseMomentum(SNFS):
             fresh = engine.masks[t.name] & ~before
             buf[fresh] = m[fresh]
         self._before = {}
-
-    @torch.no_grad()
-    def _update_ema(self, engine) -> None:
-        """The dense momentum of the original, m ← β·m + g over every weight (SGD's buffer rule
-        without dampening), instead of SNFS's EMA; same ranking, and directly the value a
-        regrown weight's momentum buffer inherits."""
-        beta = self.options.momentum
-        for t in engine.targets:
-            g = engine.dense_grad(t.name)
-            m = self.ema.get(t.name)
-            self.ema[t.name] = g.clone() if m is None else m.mul_(beta).add_(g)
 
