@@ -43,7 +43,8 @@ def start_densities(model, method, s: SparsityConfig) -> Dict[str, float]:
     if not method.uses_masks:
         return {}
     plan = plan_densities(model, s.sparsity, s.distribution, dense_first=s.dense_first, dense_last=s.dense_last,
-                          include=s.include, exclude=s.exclude, custom=s.custom, erk_power=s.erk_power)
+                          include=s.include, exclude=s.exclude, custom=s.custom, erk_power=s.erk_power,
+                          pattern=s.pattern, pattern_overrides=s.pattern_overrides)
     return plan.exact_densities()
 
 
