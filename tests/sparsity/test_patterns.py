@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from sparsetrain.errors import ConfigError
+from sparsetrain.errors import CheckpointError, ConfigError
+from sparsetrain.registry import METHODS
 from sparsetrain.sparsity.distributions import plan_densities
 from sparsetrain.sparsity.engine import SparsityEngine
 from sparsetrain.sparsity.methods.imp import magnitude_prune
@@ -303,3 +304,29 @@ def test_resolve_first_override_wins():
     shapes = {"a.weight": (8, 8), "b.weight": (8, 8)}
     got = resolve(shapes, "2:4", {"a.*": "channel", "*": "block:2x2"})
     assert {n: str(p) for n, p in got.items()} == {"a.weight": "channel", "b.weight": "block:2x2"}
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("spec", ["2:4", "block:4x4", "channel"])
+def test_every_method_keeps_the_pattern_or_refuses_in_one_line(method, spec):
+    """Contract over the registry: a method either builds masks of whole units, or says why not."""
+    if not METHODS.get(method).uses_masks:
+        return  # dense baselines attach no engine (the run refuses a pattern: tests/cli)
+    try:
+        engine = SparsityEngine(mlp(), None, method, sparsity=0.5, distribution="uniform", dense_first=False,
+                                total_steps=100, pattern=spec)
+    except ConfigError as e:
+        assert "\n" not in str(e) and ("unstructured" in str(e) or "scope=layer" in str(e)), str(e)
+        return
+    pattern = parse_pattern(spec)
+    assert all(conforms(pattern, m) for m in engine.masks.values())
+
+
+def test_a_checkpoint_of_another_pattern_is_refused():
+    a = SparsityEngine(mlp(), None, "rigl", sparsity=0.5, pattern="2:4", total_steps=10)
+    b = SparsityEngine(mlp(), None, "rigl", sparsity=0.5, total_steps=10)
+    with pytest.raises(CheckpointError, match="pattern=2:4"):
+        b.load_state_dict(a.state_dict())
+    c = SparsityEngine(mlp(), None, "rigl", sparsity=0.5, pattern="2:4", total_steps=10, seed=5)
+    c.load_state_dict(a.state_dict())
+    assert all(torch.equal(c.masks[n], a.masks[n]) for n in a.masks)

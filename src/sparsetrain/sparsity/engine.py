@@ -463,6 +463,10 @@ class SparsityEngine:
         if state.get("config", {}).get("method", self.method.name) != self.method.name:
             raise CheckpointError(f"engine state is for method '{state['config']['method']}', "
                                   f"not '{self.method.name}'")
+        saved_pattern = state.get("config", {}).get("pattern", "unstructured")
+        if saved_pattern != self.config.get("pattern", "unstructured"):
+            raise CheckpointError(f"engine state has sparsity pattern {saved_pattern}, this engine "
+                                  f"{self.config.get('pattern', 'unstructured')}; build it with pattern={saved_pattern}")
         for n, m in masks.items():  # check every mask before changing anything
             if not torch.is_tensor(m) or tuple(m.shape) != self.stores[n].shape:
                 raise CheckpointError(f"mask '{n}' has shape {tuple(getattr(m, 'shape', ()))}, the model's "
