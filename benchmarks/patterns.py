@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsetrain.config import load_config
-from sparsetrain.experiments.run_store import run_dir_for, train_run
+from sparsetrain.experiments.run_store import finished_summary, run_dir_for, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- patterns table: begin -->", "<!-- patterns table: end -->"
@@ -56,19 +56,26 @@ def overrides(args, setting: str, method: str, pattern: str, seed: int) -> List[
             "train.eval_every=0", "train.progress=off", "train.threads=1", f"out_dir={args.out_dir}", f"seed={seed}"]
 
 
+def grid(args) -> List[tuple]:
+    """(seed, setting, method, pattern) in seed-major order, so an interrupted run has whole seeds."""
+    chosen = dict(g.split(":") for g in args.grid) if args.grid else {k: ",".join(METHODS) for k in SETTINGS}
+    return [(seed, setting, method, pattern) for seed in args.seeds for setting in SETTINGS if setting in chosen
+            for method in chosen[setting].split(",") for pattern in PATTERNS]
+
+
 def run_all(args) -> List[dict]:
+    """Train (or, with ``--report-only``, only collect) every run of the grid."""
     rows = []
-    for setting in SETTINGS:
-        for method in METHODS:
-            for pattern in PATTERNS:
-                for seed in args.seeds:
-                    cfg = load_config(overrides=tuple(overrides(args, setting, method, pattern, seed)))
-                    s = train_run(cfg, run_dir_for(cfg))
-                    rows.append({"setting": setting, "method": method, "pattern": pattern, "seed": seed,
-                                 "test_accuracy": s["final"]["test"]["accuracy"], "density": s["achieved_density"],
-                                 "inference_flops_ratio": s.get("inference_flops_ratio"), "wall_s": s["wall_time_s"],
-                                 "run_dir": s["run_dir"]})
-                    print(f"{setting} {method} {pattern} seed {seed}: {rows[-1]['test_accuracy']:.4f}", flush=True)
+    for seed, setting, method, pattern in grid(args):
+        cfg = load_config(overrides=tuple(overrides(args, setting, method, pattern, seed)))
+        s = finished_summary(run_dir_for(cfg)) if args.report_only else train_run(cfg, run_dir_for(cfg))
+        if s is None:
+            continue
+        rows.append({"setting": setting, "method": method, "pattern": pattern, "seed": seed,
+                     "test_accuracy": s["final"]["test"]["accuracy"], "density": s["achieved_density"],
+                     "inference_flops_ratio": s.get("inference_flops_ratio"), "wall_s": s["wall_time_s"],
+                     "run_dir": s["run_dir"]})
+        print(f"{setting} {method} {pattern} seed {seed}: {rows[-1]['test_accuracy']:.4f}", flush=True)
     return rows
 
 
@@ -100,10 +107,11 @@ def inference(args, rows: List[dict]) -> dict:
     torch.set_num_threads(1)
     out = {}
     for setting in ("mnist-mlp", "fashion-lenet5"):
-        chan = _load(next(r for r in rows if r["setting"] == setting and r["method"] == "rigl"
-                          and r["pattern"] == "channel"))
-        unst = _load(next(r for r in rows if r["setting"] == setting and r["method"] == "rigl"
-                          and r["pattern"] == "unstructured"))
+        pick = {p: next((r for r in rows if (r["setting"], r["method"], r["pattern"]) == (setting, "rigl", p)), None)
+                for p in ("channel", "unstructured")}
+        if None in pick.values():
+            continue
+        chan, unst = _load(pick["channel"]), _load(pick["unstructured"])
         model, masks, x = chan
         small = channel_prune(model, masks, x)
         umodel = unst[0]
@@ -155,16 +163,19 @@ def _to_csr(model, masks):
     return out.eval()
 
 
-def table(rows: List[dict]) -> str:
-    """Median (min–max) test accuracy over seeds, one row per setting and method."""
+def table(rows: List[dict], n_seeds: int) -> str:
+    """Median (min–max) test accuracy over seeds, one row per setting and method ([k]: only k of
+    ``n_seeds`` seeds finished)."""
     lines = ["| setting | method | " + " | ".join(PATTERNS) + " |", "|---|---|" + "---|" * len(PATTERNS)]
+    present = {(r["setting"], r["method"]) for r in rows}
     for setting in SETTINGS:
-        for method in METHODS:
+        for method in [m for m in METHODS if (setting, m) in present]:
             cells = []
             for pattern in PATTERNS:
                 acc = [r["test_accuracy"] for r in rows
                        if (r["setting"], r["method"], r["pattern"]) == (setting, method, pattern)]
-                cells.append(f"{statistics.median(acc):.4f} ({min(acc):.4f}–{max(acc):.4f})" if acc else "–")
+                few = f" [{len(acc)}]" if len(acc) < n_seeds else ""
+                cells.append(f"{statistics.median(acc):.4f} ({min(acc):.4f}–{max(acc):.4f}){few}" if acc else "–")
             lines.append(f"| {setting} | {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -187,12 +198,12 @@ def write_doc(args, rows: List[dict], inf: dict) -> None:
     body = "\n".join([
         BEGIN,
         f"Generated by `nice -n 10 python benchmarks/patterns.py --data-dir DATA --steps {args.steps} "
-        f"--lenet-steps {args.lenet_steps} --seeds "
+        f"--lenet-steps {args.lenet_steps}" + (f" --grid {' '.join(args.grid)}" if args.grid else "") + " --seeds "
         f"{' '.join(map(str, args.seeds))}` (raw results: `{args.json}`; {len(rows)} runs, "
         f"{minutes:.1f} min of training on 1 CPU thread). Test accuracy, median (min–max) over "
         f"{len(args.seeds)} seeds, {args.steps} steps (LeNet-5: {args.lenet_steps}) of batch 128, every layer "
         "at 50 % density (the layers listed in the script's UNSTRUCTURED_LAYERS unstructured):",
-        "", table(rows), "",
+        "", table(rows, len(args.seeds)), "",
         "CPU inference of a batch of 256 (1 thread, medians of 60 calls timed round-robin, one process): the RigL model "
         "trained with channel sparsity as masked dense weights, as its channel-pruned export, and the RigL "
         "model trained unstructured held as CSR:", "", inference_table(inf), END])
@@ -211,6 +222,9 @@ def main() -> int:
     ap.add_argument("--lenet-steps", type=int, default=250, help="training steps of the LeNet-5 runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", default="docs/perf/patterns.json")
+    ap.add_argument("--grid", nargs="*", default=None, metavar="SETTING:M1,M2",
+                    help="settings and their methods, e.g. mnist-mlp:rigl,set fashion-lenet5:rigl (default: all)")
+    ap.add_argument("--report-only", action="store_true", help="collect finished runs, train nothing")
     ap.add_argument("--no-doc", action="store_true", help="do not rewrite the table in docs/methods.md")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -219,7 +233,7 @@ def main() -> int:
     (ROOT / args.json).write_text(json.dumps({"steps": args.steps, "lenet_steps": args.lenet_steps,
                                               "seeds": args.seeds, "runs": rows,
                                               "inference": inf}, indent=1))
-    print(table(rows))
+    print(table(rows, len(args.seeds)))
     print(inference_table(inf))
     if not args.no_doc:
         write_doc(args, rows, inf)
