@@ -258,3 +258,16 @@ def test_tracker_state_round_trip():
     assert restored.state_dict() == before  # a bad state changes nothing
     with pytest.raises(ConfigError):
         tracker.add_step(1.0, 10.0, False, n_examples=-1)
+
+
+def test_patterns_are_noted_and_a_channel_layer_counts_as_the_smaller_dense_layer():
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 8))
+    dens = {"0.weight": 0.5, "2.weight": 0.5}
+    plain = count_flops(model, (16,), dens)
+    rep = count_flops(model, (16,), dens, patterns={"0.weight": "channel", "2.weight": "2:4"})
+    rows = {r.name: r for r in rep.rows}
+    # channel: 16 of 32 units, each a full dot product of 16 (16 mul + 15 add) plus its bias add
+    assert rows["0"].pattern == "channel" and rows["0"].sparse == 16 * (16 + 15 + 1)
+    # N:M counts non-zeros like any sparse layer: 8 outputs x (16 mul + 15 add + 1 bias)
+    assert rows["2"].pattern == "2:4" and rows["2"].sparse == {r.name: r for r in plain.rows}["2"].sparse == 8 * 32
+    assert "(2:4)" in rep.table() and rep.to_dict()["layers"][0]["pattern"] == "channel"

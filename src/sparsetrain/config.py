@@ -103,6 +103,8 @@ class SparsityConfig:
     options: Dict[str, Any] = field(default_factory=dict)
     backend: str = "masked"
     backend_options: Dict[str, Any] = field(default_factory=dict)
+    pattern: str = "unstructured"
+    pattern_overrides: Dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.distribution is None:  # frozen: resolve the default once, as the config is built
@@ -159,14 +161,15 @@ def to_dict(cfg) -> Dict[str, Any]:
 def flat_items(d: Mapping[str, Any], prefix: str = ""):
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and not key.endswith("options") and key not in ("sparsity.custom",):
+        if isinstance(v, Mapping) and not key.endswith("options") and key not in ("sparsity.custom", "sparsity.pattern_overrides"):
             yield from flat_items(v, key + ".")
         else:
             yield key, v
 
 
 # keys added later: left out of the hash while at their default, so older run directories keep theirs
-_HASHED_UNLESS = {"train.init_from": None, "sparsity.backend": "masked", "sparsity.backend_options": {}}
+_HASHED_UNLESS = {"train.init_from": None, "sparsity.backend": "masked", "sparsity.backend_options": {},
+                  "sparsity.pattern": "unstructured", "sparsity.pattern_overrides": {}}
 
 
 def run_hash(cfg: RunConfig) -> str:
@@ -446,6 +449,10 @@ KEY_MEANINGS: Dict[str, str] = {
     "sparsity.options": "the method's own options, e.g. {\"delta_t\": 100} (see docs/methods.md)",
     "sparsity.backend": "masked (every device) or sparse (CSR on CPU)",
     "sparsity.backend_options": "options of the sparse backend",
+    "sparsity.pattern": "sparsity pattern of every sparsified layer: unstructured, N:M (e.g. 2:4, fixes "
+                        "sparsity at 1-N/M), block:RxC (e.g. block:4x4) or channel (whole output channels)",
+    "sparsity.pattern_overrides": "fnmatch pattern of weight names -> sparsity pattern, first match wins, "
+                                  "e.g. {\"layers.4.weight\": \"unstructured\"}",
     "train.epochs": "training length in epochs (train.steps > 0 wins)",
     "train.steps": "training length in steps (0: use train.epochs)",
     "train.multiplier": "extended-training factor on the length (2, 5, ...)",

@@ -41,7 +41,7 @@ import logging
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -85,6 +85,7 @@ class LayerFlops:
     dense: int
     sparse: float
     calls: int = 1
+    pattern: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,8 @@ class FlopsReport:
 def _table_cells(r: LayerFlops) -> Tuple[str, ...]:
     shape = "-" if r.weight_shape is None else "x".join(map(str, r.weight_shape))
     density = "-" if r.density is None else f"{r.density:.4f}"
+    if r.pattern not in (None, "unstructured"):
+        density += f" ({r.pattern})"
     return (r.name, r.kind, shape, density, f"{r.dense:.4e}", f"{r.sparse:.4e}")
 
 
@@ -297,7 +300,8 @@ def _make_hook(name: str, fn, density, acc: Dict[str, list]):
 
 
 def count_flops(model: nn.Module, input_shape: Sequence[int], densities: Optional[Mapping[str, float]] = None,
-                *, input_dtype: Optional[torch.dtype] = None) -> FlopsReport:
+                *, input_dtype: Optional[torch.dtype] = None,
+                patterns: Optional[Mapping[str, str]] = None) -> FlopsReport:
     """Inference FLOPs of one example: one real forward pass of a zero input of shape (1, *input_shape).
 
     Args:
@@ -309,6 +313,10 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], densities: Optiona
             fraction of non-zero weights in [0, 1]; missing names are dense (1.0).
         input_dtype: dtype of the input; default the model's floating dtype. Pass ``torch.long``
             for token ids (task "lm").
+        patterns: parameter name -> sparsity pattern (``"2:4"``, ``"block:4x4"``, ``"channel"``),
+            noted on the layer's row. N:M and block layers count their non-zeros as any sparse
+            layer; a ``channel`` layer counts as the smaller dense layer it exports to
+            (density·c_out full-length dot products: ``density · dense``).
 
     Returns:
         A :class:`FlopsReport`: rows per counted layer, totals ``dense`` (f_D) and ``sparse`` (f_S).
@@ -335,10 +343,19 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], densities: Optiona
             h.remove()
         for m, training in modes:
             m.training = training
-    rows = tuple(LayerFlops(n, *vals) for n, vals in acc.items())
+    rows = tuple(_with_pattern(LayerFlops(n, *vals), patterns or {}) for n, vals in acc.items())
     log.debug("flops of %s at %s: dense %d, sparse %.4g over %d rows", type(model).__name__, shape,
               sum(r.dense for r in rows), sum(r.sparse for r in rows), len(rows))
     return FlopsReport(shape, rows)
+
+
+def _with_pattern(row: LayerFlops, patterns: Mapping[str, str]) -> LayerFlops:
+    """The row with its weight's pattern noted; a channel-sparse layer as the smaller dense layer."""
+    pattern = patterns.get(f"{row.name}.weight" if row.name != "<model>" else "weight")
+    if pattern is None:
+        return row
+    sparse = row.dense * row.density if pattern == "channel" and row.density is not None else row.sparse
+    return replace(row, pattern=str(pattern), sparse=sparse)
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,13 +38,13 @@ def build_method(s: SparsityConfig):
     return METHODS.get(s.method)(**s.options)
 
 
-def start_densities(model, method, s: SparsityConfig) -> Dict[str, float]:
-    """Exact per-tensor densities a run of ``s`` starts from (empty for engine-less methods)."""
+def start_plan(model, method, s: SparsityConfig):
+    """The density plan a run of ``s`` starts from (None for engine-less methods)."""
     if not method.uses_masks:
-        return {}
-    plan = plan_densities(model, s.sparsity, s.distribution, dense_first=s.dense_first, dense_last=s.dense_last,
-                          include=s.include, exclude=s.exclude, custom=s.custom, erk_power=s.erk_power)
-    return plan.exact_densities()
+        return None
+    return plan_densities(model, s.sparsity, s.distribution, dense_first=s.dense_first, dense_last=s.dense_last,
+                          include=s.include, exclude=s.exclude, custom=s.custom, erk_power=s.erk_power,
+                          pattern=s.pattern, pattern_overrides=s.pattern_overrides)
 
 
 def flops_summary(report: FlopsReport, method, multiplier: float, f_d: Optional[float] = None) -> Dict[str, Any]:
@@ -69,7 +69,9 @@ def estimate_flops(cfg: RunConfig) -> FlopsEstimate:
     trained = adjusted_config(METHODS.get(cfg.sparsity.method), cfg, info)
     model = _model(trained, info)
     shape, dtype = input_spec(info)
-    report = count_flops(model, shape, start_densities(model, method, cfg.sparsity), input_dtype=dtype)
+    plan = start_plan(model, method, cfg.sparsity)
+    report = count_flops(model, shape, {} if plan is None else plan.exact_densities(), input_dtype=dtype,
+                         patterns=None if plan is None else {t.name: str(plan.pattern(t.name)) for t in plan.targets})
     f_d = None if trained.model == cfg.model else float(count_flops(_model(cfg, info), shape, input_dtype=dtype).dense)
     return FlopsEstimate(report, method, flops_summary(report, method, cfg.train.multiplier, f_d))
 

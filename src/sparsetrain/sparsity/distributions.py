@@ -15,7 +15,8 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Sequence, Tuple
 from ..errors import ConfigError
 from ..registry import DISTRIBUTIONS
 from .masks import Target, find_targets
-from .topk import count_active, count_zeros
+from .patterns import UNSTRUCTURED, Pattern, resolve
+from .topk import count_zeros
 
 Shapes = Mapping[str, Tuple[int, ...]]
 Densities = Dict[str, float]
@@ -142,6 +143,10 @@ class DensityPlan:
     counts: Dict[str, int]
     dense_first: bool
     dense_last: bool
+    patterns: Dict[str, Pattern] = None  # type: ignore[assignment]  (None: every layer unstructured)
+
+    def pattern(self, name: str) -> Pattern:
+        return (self.patterns or {}).get(name, UNSTRUCTURED)
 
     def exact_densities(self) -> Dict[str, float]:
         return {t.name: self.counts[t.name] / t.param.numel() for t in self.targets}
@@ -159,21 +164,48 @@ def default_dense_first(distribution: str) -> bool:
 def plan_densities(model, sparsity: float, distribution: str = "erk", *, dense_first: Optional[bool] = None,
                    dense_last: bool = False, include: Optional[Sequence[str]] = None,
                    exclude: Optional[Sequence[str]] = None, custom: Optional[Mapping[str, float]] = None,
-                   erk_power: float = 1.0) -> DensityPlan:
+                   erk_power: float = 1.0, pattern: str = "unstructured",
+                   pattern_overrides: Optional[Mapping[str, str]] = None) -> DensityPlan:
     """The one home of "targets -> per-layer densities -> exact counts" (engine, ``flops``, Small-Dense).
 
     Works on a model on the meta device (only shapes are read). ``dense_first`` None applies
     :func:`default_dense_first`. ``erk_power`` is passed to distributions that take a power
-    (ER/ERK); a value other than 1 for one that does not is a ConfigError."""
+    (ER/ERK); a value other than 1 for one that does not is a ConfigError.
+
+    ``pattern`` (default for every sparsified layer) and ``pattern_overrides`` ({fnmatch over
+    weight names: pattern}) give each layer its sparsity pattern (:mod:`.patterns`). An N:M layer
+    has density N/M whatever the distribution: it leaves the budget like a ``custom`` layer, and
+    when every sparsified layer is N:M, ``sparsity`` must equal the sparsity they fix. Block and
+    channel layers keep the distribution's density rounded down to whole blocks/channels."""
     if dense_first is None:
         dense_first = default_dense_first(distribution)
     targets, kept = find_targets(model, include=list(include or ()) or None, exclude=list(exclude or ()) or None,
                                  dense_first=dense_first, dense_last=dense_last)
-    kwargs: Dict[str, object] = {"custom": dict(custom or {})}
+    patterns = resolve({t.name: t.shape for t in targets}, pattern, pattern_overrides)
+    custom = _nm_custom(targets, patterns, sparsity, dict(custom or {}))
+    kwargs: Dict[str, object] = {"custom": custom}
     if "power" in inspect.signature(DISTRIBUTIONS.get(distribution)).parameters:
         kwargs["power"] = erk_power
     elif erk_power != 1.0:
         raise ConfigError(f"erk_power applies to the er/erk distributions, not '{distribution}'; remove it")
     dens = layer_densities(distribution, {t.name: t.shape for t in targets}, sparsity, **kwargs)
-    counts = {t.name: count_active(t.param.numel(), dens[t.name]) for t in targets}
-    return DensityPlan(tuple(targets), tuple(kept), dens, counts, dense_first, dense_last)
+    counts = {t.name: patterns[t.name].count(t.shape, dens[t.name]) for t in targets}
+    return DensityPlan(tuple(targets), tuple(kept), dens, counts, dense_first, dense_last, patterns)
+
+
+def _nm_custom(targets: Sequence[Target], patterns: Mapping[str, Pattern], sparsity: float,
+               custom: Dict[str, float]) -> Dict[str, float]:
+    """``custom`` plus density N/M for every N:M layer; a clash with the user's value, or a global
+    sparsity other than the one all-N:M layers fix, is a ConfigError naming the value to use."""
+    nm = {t.name: patterns[t.name].n / patterns[t.name].m for t in targets if patterns[t.name].kind == "nm"}
+    for name, d in nm.items():
+        if name in custom and abs(custom[name] - d) > 1e-9:
+            raise ConfigError(f"'{name}' has pattern {patterns[name]} (density {d:g}); remove its custom density "
+                              f"{custom[name]:g} from sparsity.custom")
+    if nm and len(nm) == len(targets):
+        total = sum(t.param.numel() for t in targets)
+        fixed = 1.0 - sum(nm[t.name] * t.param.numel() for t in targets) / total
+        if abs(fixed - sparsity) > 1e-6:
+            raise ConfigError(f"pattern {patterns[targets[0].name]} fixes the sparsity of the sparsified layers at "
+                              f"{fixed:.6g}; set sparsity.sparsity={fixed:.6g} (got {sparsity:g})")
+    return {**custom, **nm}

@@ -39,6 +39,7 @@ from ..registry import METHODS
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
 from .distributions import plan_densities
 from .masks import density_report, unwrap
+from .patterns import UNSTRUCTURED, Pattern, parse_pattern
 from .storage import STORAGES, BackendPolicy, GrowScores, LayerStore, MaskedDenseStore
 from .storage.base import DEFAULT_BLOCK_ELEMS
 
@@ -93,6 +94,9 @@ class SparsityEngine:
         storage: a :class:`BackendPolicy` choosing the layers held compressed (the truly sparse
             CPU backend), applied after the masks are built and again after every topology
             update; None (default): every layer masked-dense.
+        pattern: the sparsity pattern of every sparsified layer (``unstructured``, ``2:4``,
+            ``block:4x4``, ``channel``; :mod:`.patterns`); ``pattern_overrides``: {fnmatch pattern
+            over weight names: pattern}, the first match wins.
         **method_options: the method's hyper-parameters (e.g. ``delta_t``, ``alpha``).
 
     ``stores`` maps weight names to layer stores, ``layers`` the compressed ones to their modules.
@@ -104,7 +108,8 @@ class SparsityEngine:
                  dense_last: bool = False, include: Optional[Sequence[str]] = None,
                  exclude: Optional[Sequence[str]] = None, custom: Optional[Mapping[str, float]] = None,
                  erk_power: float = 1.0, seed: int = 0, sync_masks: bool = True,
-                 storage: Optional[BackendPolicy] = None, **method_options):
+                 storage: Optional[BackendPolicy] = None, pattern: str = "unstructured",
+                 pattern_overrides: Optional[Mapping[str, str]] = None, **method_options):
         self.model, self.optimizer = unwrap(model), optimizer
         self.method = METHODS.get(method)(**method_options)
         self.total_steps, self.sync_masks, self.policy = total_steps, sync_masks, storage
@@ -113,12 +118,18 @@ class SparsityEngine:
         self.last_update: Optional[dict] = None
         self._pending_update = False
         self.stores: Dict[str, LayerStore] = {}
+        self.patterns: Dict[str, Pattern] = {}
         self.masks = MaskView(self.stores)
         adopted = sparsity is None and self._adopt_compressed(seed)
         if not adopted:
             distribution = distribution or default_distribution(self.method.name)
             self._plan(sparsity, distribution, dense_first=dense_first, dense_last=dense_last, include=include,
-                       exclude=exclude, custom=custom, erk_power=erk_power, seed=seed)
+                       exclude=exclude, custom=custom, erk_power=erk_power, seed=seed, pattern=pattern,
+                       pattern_overrides=pattern_overrides)
+        elif parse_pattern(pattern).structured or pattern_overrides:
+            raise ConfigError("a model built with compressed layers keeps unstructured patterns; remove the pattern")
+        self._check_patterns(self.policy)
+        self.method.check_patterns(self.patterns)
         self.method.setup(self)
         if not adopted:
             masks = self.method.init_masks(self)
@@ -148,9 +159,23 @@ class SparsityEngine:
                               "compressed layers (SparseLinear.random, SparseLSTM.random) can leave it out")
         plan = plan_densities(self.model, sparsity, distribution, **rules)
         self.kept_dense, self.densities = list(plan.kept_dense), dict(plan.densities)
+        self.patterns = {t.name: plan.pattern(t.name) for t in plan.targets}
         self.config = {"method": self.method.name, "sparsity": sparsity, "distribution": distribution,
-                       "dense_first": plan.dense_first, "dense_last": rules["dense_last"], "seed": seed}
-        self.stores.update({t.name: MaskedDenseStore(t, None) for t in plan.targets})
+                       "dense_first": plan.dense_first, "dense_last": rules["dense_last"], "seed": seed,
+                       "pattern": str(parse_pattern(rules["pattern"]))}
+        if rules["pattern_overrides"]:
+            self.config["pattern_overrides"] = dict(rules["pattern_overrides"])
+        self.stores.update({t.name: MaskedDenseStore(t, None, self.patterns[t.name]) for t in plan.targets})
+
+    def _check_patterns(self, policy: Optional[BackendPolicy]) -> None:
+        """The compressed (CSR) storage holds unstructured layers only."""
+        if policy is not None and any(p.structured for p in self.patterns.values()):
+            raise ConfigError("the sparse (CSR) backend trains unstructured layers only; use sparsity.backend=masked "
+                              "with a structured sparsity.pattern")
+
+    def pattern(self, name: str) -> Pattern:
+        """The sparsity pattern of layer ``name`` (:mod:`.patterns`)."""
+        return self.patterns.get(name, UNSTRUCTURED)
 
     def _adopt_compressed(self, seed: int) -> bool:
         """Make the layers the model already holds compressed (built sparse) the engine's targets;
@@ -325,6 +350,7 @@ class SparsityEngine:
             self.policy = None
             self.apply_masks()
             return self
+        self._check_patterns(policy)
         self.policy = policy
         self._apply_policy(announce=True)
         return self
@@ -388,6 +414,8 @@ class SparsityEngine:
         counts use the logical (dense) size of compressed layers, whose parameters physically hold
         only the active values."""
         rep = density_report(self.targets, self.masks, self.kept_dense, self.model)
+        for name, p in self.patterns.items():
+            rep["layers"][name]["pattern"] = str(p)
         extra = sum(s.numel - s.param.numel() for s in self.stores.values())
         if "model_params" in rep and extra:
             total, nonzero = rep["model_params"] + extra, rep["model_nonzero_params"] + extra
@@ -435,6 +463,10 @@ class SparsityEngine:
         if state.get("config", {}).get("method", self.method.name) != self.method.name:
             raise CheckpointError(f"engine state is for method '{state['config']['method']}', "
                                   f"not '{self.method.name}'")
+        saved_pattern = state.get("config", {}).get("pattern", "unstructured")
+        if saved_pattern != self.config.get("pattern", "unstructured"):
+            raise CheckpointError(f"engine state has sparsity pattern {saved_pattern}, this engine "
+                                  f"{self.config.get('pattern', 'unstructured')}; build it with pattern={saved_pattern}")
         for n, m in masks.items():  # check every mask before changing anything
             if not torch.is_tensor(m) or tuple(m.shape) != self.stores[n].shape:
                 raise CheckpointError(f"mask '{n}' has shape {tuple(getattr(m, 'shape', ()))}, the model's "

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from . import patterns as P
 from .topk import count_active
 
 #: module types whose weights are sparsified by default
@@ -113,13 +114,18 @@ def random_mask(shape: Sequence[int], n_active: int, generator: torch.Generator,
 
 
 def random_masks(targets: Iterable[Target], densities: Mapping[str, float],
-                 generator: torch.Generator) -> Dict[str, torch.Tensor]:
-    """Exact-count random masks for every target at its layer density."""
-    return {
-        t.name: random_mask(t.shape, count_active(t.param.numel(), densities[t.name]), generator,
-                            t.param.device)
-        for t in targets
-    }
+                 generator: torch.Generator, patterns: Optional[Mapping[str, P.Pattern]] = None) -> Dict[str, torch.Tensor]:
+    """Exact-count random masks for every target at its layer density; a target with a structured
+    pattern (``patterns``) gets whole units of it (:func:`patterns.random_mask`)."""
+    out = {}
+    for t in targets:
+        p = (patterns or {}).get(t.name, P.UNSTRUCTURED)
+        if p.structured:
+            out[t.name] = P.random_mask(p, t.shape, p.count(t.shape, densities[t.name]), generator).to(t.param.device)
+        else:
+            out[t.name] = random_mask(t.shape, count_active(t.param.numel(), densities[t.name]), generator,
+                                      t.param.device)
+    return out
 
 
 @torch.no_grad()

@@ -38,6 +38,13 @@ def mask_densities(engine) -> Dict[str, float]:
             if v.get("sparsified", True) and not engine.is_compressed(name)}
 
 
+def mask_patterns(engine) -> Dict[str, str]:
+    """Sparsity pattern per sparsified tensor (``density_report``'s), for the FLOPs rows."""
+    if engine is None:
+        return {}
+    return {name: v["pattern"] for name, v in engine.density_report()["layers"].items() if "pattern" in v}
+
+
 class FlopsMeter(Callback):
     """Tracks per-step training FLOPs of a run and summarises them for summary.json.
 
@@ -73,7 +80,8 @@ class FlopsMeter(Callback):
             return
         self._seen = update
         if self.engine is not None:
-            report = count_flops(self.model, self.shape, mask_densities(self.engine), input_dtype=self.dtype)
+            report = count_flops(self.model, self.shape, mask_densities(self.engine), input_dtype=self.dtype,
+                                 patterns=mask_patterns(self.engine))
             self.f_s = report.sparse
             log.debug("flops: f_S = %.4g (%.4f of f_D)", self.f_s, self.f_s / self.f_d)
 

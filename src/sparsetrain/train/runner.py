@@ -63,6 +63,8 @@ def build_engine(model, optimizer, cfg: RunConfig, total: int, device: torch.dev
     ``sparsity.backend = "sparse"`` builds the truly sparse CPU engine instead."""
     s = cfg.sparsity
     if not METHODS.get(s.method).uses_masks:
+        if s.pattern != "unstructured" or s.pattern_overrides:
+            raise ConfigError(f"method '{s.method}' trains without masks; remove sparsity.pattern")
         if s.backend != "masked":
             raise ConfigError(f"method '{s.method}' trains without masks; remove sparsity.backend={s.backend}")
         return None
@@ -72,7 +74,8 @@ def build_engine(model, optimizer, cfg: RunConfig, total: int, device: torch.dev
             opts[key] = int(round(opts[key] * cfg.train.multiplier))
     common = dict(sparsity=s.sparsity, distribution=s.distribution, total_steps=total, dense_first=s.dense_first,
                   dense_last=s.dense_last, include=list(s.include) or None, exclude=list(s.exclude) or None,
-                  custom=s.custom, erk_power=s.erk_power, seed=cfg.seed)
+                  custom=s.custom, erk_power=s.erk_power, seed=cfg.seed, pattern=s.pattern,
+                  pattern_overrides=dict(s.pattern_overrides) or None)
     if s.backend == "masked":
         if s.backend_options:
             raise ConfigError("sparsity.backend_options apply to sparsity.backend=sparse only; remove them")

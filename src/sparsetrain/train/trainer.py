@@ -325,7 +325,11 @@ class Trainer:
             rep = self.engine.density_report()
             out.update(achieved_density=rep["weights_density"], achieved_sparsity=1 - rep["weights_density"],
                        model_density=rep.get("model_density"),
-                       layers={n: {k: v[k] for k in ("shape", "density", "sparsified")} for n, v in rep["layers"].items()})
+                       pattern=self.cfg.sparsity.pattern,
+                       layers={n: {k: v[k] for k in ("shape", "density", "sparsified", "pattern") if k in v}
+                               for n, v in rep["layers"].items()})
+            if self.cfg.sparsity.pattern_overrides:
+                out["pattern_overrides"] = dict(self.cfg.sparsity.pattern_overrides)
             if self.cfg.sparsity.backend != "masked":
                 out.update(backend=self.cfg.sparsity.backend,
                            compressed_layers=[n for n in rep["layers"] if self.engine.is_compressed(n)])

@@ -18,6 +18,7 @@ import torch
 from ...errors import ConfigError
 from ...flops import training_flops_snfs, training_flops_static
 from ..masks import random_masks
+from ..patterns import Pattern, refuse_structured
 from ..run import RunHooks
 from ..schedules import DECAYS, UpdateSchedule, drop_fraction
 from ..topk import count_zeros
@@ -76,8 +77,13 @@ class Method:
     def setup(self, engine: "SparsityEngine") -> None:
         """Resolve step-anchored options once ``engine.total_steps`` is known."""
 
+    def check_patterns(self, patterns: Mapping[str, Pattern]) -> None:
+        """ConfigError if the method cannot keep some layer's sparsity pattern (:mod:`..patterns`);
+        ``patterns``: {weight name: pattern}. Default: every pattern works (the engine's selection
+        is pattern-aware)."""
+
     def init_masks(self, engine: "SparsityEngine") -> Dict[str, torch.Tensor]:
-        return random_masks(engine.targets, engine.densities, engine.generator)
+        return random_masks(engine.targets, engine.densities, engine.generator, engine.patterns)
 
     @property
     def skip_optimizer_step(self) -> bool:
@@ -195,6 +201,11 @@ class DynamicMethod(RunHooks, Method):
             raise ConfigError(f"momentum must be in [0, 1), got {o.momentum}")
         if o.grow_init != "zeros":
             raise ConfigError(f"grow_init '{o.grow_init}' is not supported; use 'zeros' (the paper's choice)")
+
+    def check_patterns(self, patterns: Mapping[str, Pattern]) -> None:
+        if self.options.redistribution != "none":
+            refuse_structured(patterns, f"{self.name} with redistribution '{self.options.redistribution}'",
+                              "set sparsity.options.redistribution=none")
 
     def setup(self, engine: "SparsityEngine") -> None:
         o = self.options

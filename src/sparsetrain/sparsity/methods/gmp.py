@@ -24,7 +24,7 @@ from ..schedules import gmp_sparsity
 from ..topk import count_active, count_zeros
 from ..run import RunHooks
 from .base import Method
-from .pruning import all_ones, check_scope, layer_counts, select
+from .pruning import all_ones, check_scope, check_scope_patterns, layer_counts, select
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import SparsityEngine
@@ -135,9 +135,20 @@ class GMP(RunHooks, Method):
 
     # --- pruning ----------------------------------------------------------------------------
     def keep_counts(self, engine: "SparsityEngine", step: int) -> Dict[str, int]:
-        """Per-layer active counts at ``step`` (scope ``layer``)."""
-        return {t.name: t.param.numel() - count_zeros(t.param.numel(), self.target_sparsity(step, 1.0 - d))
-                for t, d in ((t, engine.densities[t.name]) for t in engine.targets)}
+        """Per-layer active counts at ``step`` (scope ``layer``), in whole units of each layer's
+        pattern: N:M prunes gradually *within every group* (the kept-per-group count follows the
+        schedule from M down to N), block/channel whole blocks/channels (:mod:`..patterns`)."""
+        out = {}
+        for t in engine.targets:
+            pattern, final = engine.pattern(t.name), 1.0 - engine.densities[t.name]
+            if pattern.structured:
+                out[t.name] = pattern.count(t.shape, 1.0 - self.target_sparsity(step, final))
+            else:
+                out[t.name] = t.param.numel() - count_zeros(t.param.numel(), self.target_sparsity(step, final))
+        return out
+
+    def check_patterns(self, patterns) -> None:
+        check_scope_patterns(self.options.scope, patterns, self.name)
 
     def keep_total(self, engine: "SparsityEngine", step: int) -> int:
         """Network-wide active count at ``step`` (scope ``global``); ends at the distribution's total."""

@@ -27,7 +27,8 @@ from ...errors import ConfigError
 from ...registry import METHODS
 from ..run import Callback, Phase, RunContext, RunHooks, save_ticket, to_bytes
 from .base import Method
-from .pruning import all_ones, check_scope, layer_counts, select
+from ..patterns import Pattern
+from .pruning import all_ones, check_scope, check_scope_patterns, layer_counts, select
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..engine import SparsityEngine
@@ -48,13 +49,15 @@ def level_counts(n: int, fraction: float, floor: int, levels: Optional[int] = No
 
 
 def magnitude_prune(weights: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
-                    keep: Union[int, Mapping[str, int]], scope: str = "global") -> Dict[str, torch.Tensor]:
+                    keep: Union[int, Mapping[str, int]], scope: str = "global",
+                    patterns: Optional[Mapping[str, Pattern]] = None) -> Dict[str, torch.Tensor]:
     """New masks keeping the largest |w| among the currently active weights: ``keep`` in total
-    (``global``, an int) or per layer (``layer``, a {name: count} map). Pruned weights stay pruned."""
+    (``global``, an int) or per layer (``layer``, a {name: count} map, in whole units of each
+    layer's ``patterns`` entry). Pruned weights stay pruned."""
     scores = {n: w.detach().abs() for n, w in weights.items()}
     if scope == "global":
         return select(scores, {n: 0 for n in scores}, "global", eligible=masks, total=int(keep))
-    return select(scores, dict(keep), "layer", eligible=masks)
+    return select(scores, dict(keep), "layer", eligible=masks, patterns=patterns)
 
 
 @dataclass(frozen=True)
@@ -87,13 +90,19 @@ class IMP(RunHooks, Method):
         if int(o.rewind_step) < 0:
             raise ConfigError(f"rewind_step must be >= 0, got {o.rewind_step}")
 
+    def check_patterns(self, patterns: Mapping[str, Pattern]) -> None:
+        check_scope_patterns(self.options.scope, patterns, self.name)
+
     def setup(self, engine: "SparsityEngine") -> None:
         o, floor = self.options, layer_counts(engine)
         sizes = {t.name: t.param.numel() for t in engine.targets}
         if o.scope == "global":
             self.plan = level_counts(sum(sizes.values()), o.prune_fraction, sum(floor.values()), o.levels)
-        else:
-            per = {n: level_counts(sizes[n], o.prune_fraction, floor[n], o.levels) for n in sizes}
+        else:  # in whole units of each layer's pattern (N:M: per-group counts from M down to N)
+            per = {}
+            for t in engine.targets:
+                n_units, size = engine.pattern(t.name).units(t.shape)
+                per[t.name] = [size * c for c in level_counts(n_units, o.prune_fraction, floor[t.name] // size, o.levels)]
             n_levels = max(len(c) for c in per.values())
             self.plan = [{n: c[min(k, len(c) - 1)] for n, c in per.items()} for k in range(n_levels)]
         if o.levels is not None:
@@ -134,7 +143,7 @@ class IMP(RunHooks, Method):
         def begin(run: RunContext) -> None:
             engine = run.engine
             masks = magnitude_prune({t.name: t.param for t in engine.targets}, engine.masks,
-                                    self.plan[r], self.options.scope)
+                                    self.plan[r], self.options.scope, engine.patterns)
             if self.rewind is None:
                 raise ConfigError("imp: no rewind point recorded; the run directory is inconsistent, delete it")
             run.model.load_state_dict(self.rewind)

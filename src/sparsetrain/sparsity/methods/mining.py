@@ -23,6 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ...errors import ConfigError
+from ..patterns import refuse_structured
 from ..run import Callback, Phase, RunContext, RunHooks, cpu_copy, save_ticket
 from ..topk import count_active
 from .base import Method
@@ -71,6 +72,9 @@ class ScoreMining(RunHooks, Method):
     starts_dense = True
     #: optim overrides of the mining phase before the user's (Gem-Miner: no weight decay)
     mine_optim_defaults: dict = {}
+
+    def check_patterns(self, patterns) -> None:
+        refuse_structured(patterns, self.name, "mine an unstructured mask (a score per weight)")
 
     def validate(self) -> None:
         o = self.options

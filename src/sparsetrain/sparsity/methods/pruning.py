@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Callable, Dict, List, Mapping, Optional, Seque
 import torch
 
 from ...errors import ConfigError
-from ..topk import count_active, topk_mask
+from ..patterns import Pattern, refuse_structured, select as pattern_select
+from ..topk import topk_mask
 from ..run import Phase, RunContext, RunHooks, cpu_copy, save_ticket, task_loss
 from .base import Method
 
@@ -34,6 +35,13 @@ def check_scope(scope: str) -> None:
                           f"'global' (one threshold over all layers), got '{scope}'")
 
 
+def check_scope_patterns(scope: str, patterns: Mapping[str, Pattern], method: str) -> None:
+    """One threshold over all layers (``global``) cannot keep whole units per layer: refuse it
+    with a structured pattern."""
+    if scope == "global":
+        refuse_structured(patterns, f"{method} with scope=global", "set sparsity.options.scope=layer")
+
+
 def all_ones(engine: "SparsityEngine") -> Masks:
     """Dense masks for every target (dense-to-sparse methods start here)."""
     return {t.name: torch.ones_like(t.param, dtype=torch.bool) for t in engine.targets}
@@ -41,23 +49,28 @@ def all_ones(engine: "SparsityEngine") -> Masks:
 
 def layer_counts(engine: "SparsityEngine", power: float = 1.0) -> Dict[str, int]:
     """Active weights per layer at the engine's distribution densities, raised to ``power``
-    (d**power: a fraction of the way along an exponential schedule)."""
-    return {t.name: count_active(t.param.numel(), engine.densities[t.name] ** power) for t in engine.targets}
+    (d**power: a fraction of the way along an exponential schedule), in whole units of each
+    layer's pattern (:meth:`patterns.Pattern.count`)."""
+    return {t.name: engine.pattern(t.name).count(t.shape, engine.densities[t.name] ** power) for t in engine.targets}
 
 
 def select(scores: Mapping[str, torch.Tensor], counts: Mapping[str, int], scope: str,
            eligible: Optional[Mapping[str, torch.Tensor]] = None, total: Optional[int] = None,
-           generator: Optional[torch.Generator] = None) -> Masks:
+           generator: Optional[torch.Generator] = None, patterns: Optional[Mapping[str, Pattern]] = None) -> Masks:
     """Masks keeping the highest ``scores``: ``counts[name]`` per layer (``layer``) or, network-wide
     (``global``), ``total`` (default: the sum of ``counts``); among ``eligible`` entries when given.
 
     Ties go to the lower index unless ``generator`` is given, then to a random one: scores clipped
     to a bound (Gem-Miner's [0, 1]) tie in bulk, and a global index rule would favour early layers.
+    ``patterns`` ({name: pattern}, layer scope): each layer keeps whole units of its pattern.
     """
     check_scope(scope)
     names = list(scores)
     if scope == "layer":
-        return {n: topk_mask(scores[n], counts[n], None if eligible is None else eligible[n]) for n in names}
+        pats = patterns or {}
+        return {n: pattern_select(pats[n], scores[n], counts[n], None if eligible is None else eligible[n])
+                if n in pats else topk_mask(scores[n], counts[n], None if eligible is None else eligible[n])
+                for n in names}
     flat = torch.cat([scores[n].detach().reshape(-1).float() for n in names])
     elig = None if eligible is None else torch.cat([eligible[n].reshape(-1) for n in names])
     k = sum(int(counts[n]) for n in names) if total is None else int(total)
@@ -102,6 +115,9 @@ class PruneAtInit(RunHooks, Method):
     def validate(self) -> None:
         check_scope(self.options.scope)
 
+    def check_patterns(self, patterns: Mapping[str, Pattern]) -> None:
+        check_scope_patterns(self.options.scope, patterns, self.name)
+
     def setup(self, engine: "SparsityEngine") -> None:
         self.found: Optional[Dict[str, float]] = None
         self.seconds = 0.0
@@ -132,7 +148,7 @@ class PruneAtInit(RunHooks, Method):
         return dict(self.found)
 
     def select(self, engine: "SparsityEngine", scores: Masks) -> Masks:
-        return select(scores, layer_counts(engine), self.options.scope)
+        return select(scores, layer_counts(engine), self.options.scope, patterns=engine.patterns)
 
     def phases(self, run: RunContext) -> List[Phase]:
         return [Phase("train", run.total_steps, reset_optimizer=False, begin=self._prune_begin)]

@@ -93,7 +93,8 @@ class SynFlow(PruneAtInit):
         for k in range(1, rounds + 1):
             scores = synflow_scores(engine.model, names, input_shape, masks, input_dtype, net=net)
             total = count_active(n_total, final ** (k / rounds))
-            masks = select(scores, layer_counts(engine, k / rounds), self.options.scope, masks, total)
+            masks = select(scores, layer_counts(engine, k / rounds), self.options.scope, masks, total,
+                           patterns=engine.patterns)
         self._masks = masks
         return scores
 

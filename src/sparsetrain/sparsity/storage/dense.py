@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..masks import Target
-from ..topk import topk_mask
+from ..patterns import UNSTRUCTURED, Pattern, update as pattern_update
 from .base import GrowScores, LayerStore, Sync
 
 
@@ -29,8 +29,9 @@ def reset_state(optimizer: Optional[torch.optim.Optimizer], param: nn.Parameter,
 class MaskedDenseStore(LayerStore):
     """A dense weight and its bool mask (:class:`LayerStore` contract)."""
 
-    def __init__(self, target: Target, mask: torch.Tensor):
+    def __init__(self, target: Target, mask: torch.Tensor, pattern: Pattern = UNSTRUCTURED):
         super().__init__(target)
+        self.pattern = pattern
         self._mask = mask
         self._multiplier: Optional[torch.Tensor] = None
 
@@ -82,9 +83,7 @@ class MaskedDenseStore(LayerStore):
     def update(self, n_drop: int, n_grow: int, drop_scores: torch.Tensor, grow: GrowScores, sync: Sync,
                optimizer: Optional[torch.optim.Optimizer]) -> int:
         old = self._mask
-        keep = topk_mask(drop_scores, int(old.sum()) - n_drop, eligible=old)
-        grown = topk_mask(grow.whole(), n_grow, eligible=~keep) if n_grow else keep & False
-        new = sync(keep | grown)
+        new = sync(pattern_update(self.pattern, old, n_drop, n_grow, drop_scores, grow.whole))
         fresh = new & ~old
         # survivors (kept, or dropped and regrown) keep their value (RigL code: reinit_when_same
         # False); new connections start at zero and dropped ones are zeroed now, not at after_step
