@@ -271,3 +271,5 @@ def test_patterns_are_noted_and_a_channel_layer_counts_as_the_smaller_dense_laye
     # N:M counts non-zeros like any sparse layer: 8 outputs x (16 mul + 15 add + 1 bias)
     assert rows["2"].pattern == "2:4" and rows["2"].sparse == {r.name: r for r in plain.rows}["2"].sparse == 8 * 32
     assert "(2:4)" in rep.table() and rep.to_dict()["layers"][0]["pattern"] == "channel"
+    rows = {r.name: r for r in count_flops(model, (16,), dens, patterns={"0.weight": "channel:in"}).rows}
+    assert rows["0"].pattern == "channel:in" and rows["0"].sparse == rows["0"].dense * dens["0.weight"]

@@ -315,8 +315,8 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], densities: Optiona
             for token ids (task "lm").
         patterns: parameter name -> sparsity pattern (``"2:4"``, ``"block:4x4"``, ``"channel"``),
             noted on the layer's row. N:M and block layers count their non-zeros as any sparse
-            layer; a ``channel`` layer counts as the smaller dense layer it exports to
-            (density·c_out full-length dot products: ``density · dense``).
+            layer; a ``channel`` / ``channel:in`` layer counts as the smaller dense layer it exports
+            to (density·c_out full-length, or c_out dot products of density·fan-in: ``density · dense``).
 
     Returns:
         A :class:`FlopsReport`: rows per counted layer, totals ``dense`` (f_D) and ``sparse`` (f_S).
@@ -349,12 +349,17 @@ def count_flops(model: nn.Module, input_shape: Sequence[int], densities: Optiona
     return FlopsReport(shape, rows)
 
 
+#: the patterns (as written by ``sparsity.patterns``) of whole output or input channels
+CHANNEL_PATTERNS = ("channel", "channel:out", "channel:in")
+
+
 def _with_pattern(row: LayerFlops, patterns: Mapping[str, str]) -> LayerFlops:
     """The row with its weight's pattern noted; a channel-sparse layer as the smaller dense layer."""
     pattern = patterns.get(f"{row.name}.weight" if row.name != "<model>" else "weight")
     if pattern is None:
         return row
-    sparse = row.dense * row.density if pattern == "channel" and row.density is not None else row.sparse
+    channelwise = str(pattern) in CHANNEL_PATTERNS
+    sparse = row.dense * row.density if channelwise and row.density is not None else row.sparse
     return replace(row, pattern=str(pattern), sparse=sparse)
 
 

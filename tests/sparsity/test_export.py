@@ -38,22 +38,49 @@ def test_channel_export_of_an_mlp_is_smaller_and_equal():
     torch.testing.assert_close(small(y), model(y), atol=1e-5, rtol=1e-4)
 
 
-def test_channel_export_of_lenet5_after_training_steps():
+def _trained_lenet5(pattern, overrides, biases=False):
+    """LeNet-5 after 6 RigL steps (updates every 2) at 50 % with ``pattern``; ``biases``: non-zero
+    biases everywhere (an unread channel must then be removed, not folded)."""
     torch.manual_seed(0)
     model = LeNet5(1, 10, (6, 16, 120, 84), (2, 0), (5, 5))
+    if biases:
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                nn.init.uniform_(m.bias, -0.5, 0.5)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     engine = SparsityEngine(model, opt, "rigl", sparsity=0.5, distribution="uniform", dense_first=False,
-                            pattern="channel", pattern_overrides={"classifier.4.weight": "unstructured"},
-                            total_steps=20, delta_t=2)
+                            pattern=pattern, pattern_overrides=overrides, total_steps=20, delta_t=2)
     for _ in range(6):
         x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
         opt.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         engine.step_optimizer()
+    return model, engine
+
+
+def test_channel_export_of_lenet5_after_training_steps():
+    model, engine = _trained_lenet5("channel", {"classifier.4.weight": "unstructured"})
     x = torch.randn(4, 1, 28, 28)
     small = channel_prune(model, engine.masks, x)
     sizes = channel_counts(small)
     assert sizes["features.0"][0] == 3 and sizes["features.3"] == (8, 3, 5, 5) and sizes["classifier.0"] == (60, 200)
+    y = torch.randn(5, 1, 28, 28)
+    torch.testing.assert_close(small(y), model.eval()(y), atol=1e-5, rtol=1e-4)
+
+
+def test_input_channel_sparsity_exports_the_layer_before_smaller():
+    model, engine = _trained_lenet5("channel:in", {"features.0.weight": "unstructured"}, biases=True)
+    used = engine.masks["features.3.weight"].any(dim=(0, 2, 3))
+    assert int(used.sum()) == 3  # floor(6 * 0.5) input channels of the second conv
+    x = torch.randn(4, 1, 28, 28)
+    small = channel_prune(model, engine.masks, x)
+    sizes = channel_counts(small)
+    # a layer keeps the outputs the next layer reads: the first conv the 3 input channels of the
+    # second (its own mask is unstructured); the hidden linear layers the columns the next one keeps
+    read_by_fc = engine.masks["classifier.0.weight"].reshape(120, 16, 25).any(dim=2).any(dim=0)
+    assert sizes["features.0"] == (3, 1, 5, 5)
+    assert sizes["features.3"] == (int(read_by_fc.sum()), 3, 5, 5)
+    assert sizes["classifier.0"] == (60, 25 * int(read_by_fc.sum())) and sizes["classifier.2"] == (42, 60)
     y = torch.randn(5, 1, 28, 28)
     torch.testing.assert_close(small(y), model.eval()(y), atol=1e-5, rtol=1e-4)
 

@@ -15,7 +15,7 @@ from sparsetrain.sparsity.patterns import (Pattern, conforms, parse_pattern, poo
                                            update)
 
 FAST = settings(max_examples=12, deadline=None)
-PATTERNS = ["2:4", "1:4", "block:4x4", "block:2x1", "channel"]
+PATTERNS = ["2:4", "1:4", "block:4x4", "block:2x1", "channel", "channel:in"]
 
 
 def mlp(d_in=16, hidden=32, d_out=8):
@@ -29,7 +29,8 @@ def groups(mask, m):
 # --- parsing ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("spec,text", [("unstructured", "unstructured"), ("2:4", "2:4"), ("nm:1:4", "1:4"),
                                        ("block:4x4", "block:4x4"), ("BLOCK:16x1", "block:16x1"),
-                                       ("channel", "channel")])
+                                       ("channel", "channel"), ("channel:out", "channel"),
+                                       ("channel:in", "channel:in")])
 def test_parse_roundtrip(spec, text):
     assert str(parse_pattern(spec)) == text
 
@@ -63,6 +64,25 @@ def test_channel_select_keeps_whole_rows_of_a_conv():
     got = select(parse_pattern("channel"), w.abs(), 2 * 18)
     assert got.flatten(1).all(1).tolist() == [False, True, False, True]
     assert int(got.sum()) == 36
+
+
+def test_input_channel_select_keeps_whole_input_slices_of_a_conv_by_hand():
+    # a 3x2x1x2 conv: input channel c is w[:, c] (3 filters x 2 taps); pooled L1 per input channel
+    w = torch.tensor([[[[1., 1.]], [[5., 0.]]],
+                      [[[1., 0.]], [[0., 0.]]],
+                      [[[1., 2.]], [[0., 1.]]]])
+    got = select(parse_pattern("channel:in"), w.abs(), 6)  # channel 0 scores 6, channel 1 scores 6: tie -> 0
+    assert got[:, 0].all() and not got[:, 1].any()
+    w[2, 1, 0, 0] = 0.5  # channel 1 now scores 6.5
+    got = select(parse_pattern("channel:in"), w.abs(), 6)
+    assert got[:, 1].all() and not got[:, 0].any()
+
+
+def test_input_channel_of_a_linear_is_a_column():
+    w = torch.tensor([[1., 9., 0.], [1., 0., 3.]])
+    got = select(parse_pattern("channel:in"), w, 2)
+    assert torch.equal(got, torch.tensor([[False, True, False], [False, True, False]]))
+    assert conforms(parse_pattern("channel:in"), got) and not conforms(parse_pattern("channel:in"), got.T.reshape(2, 3))
 
 
 def test_select_rejects_counts_that_are_not_whole_units():
@@ -163,7 +183,7 @@ def test_static_mask_is_random_whole_units_and_seeded(spec):
         assert int(m.sum()) == pattern.count(tuple(m.shape), 1 - sparsity)
 
 
-@pytest.mark.parametrize("spec", ["2:4", "2:8", "block:4x4", "channel"])
+@pytest.mark.parametrize("spec", ["2:4", "2:8", "block:4x4", "channel", "channel:in"])
 def test_gmp_prunes_gradually_in_whole_units(spec):
     pattern = parse_pattern(spec)
     final = 1 - pattern.n / pattern.m if pattern.kind == "nm" else 0.75
@@ -192,7 +212,7 @@ def test_gmp_prunes_gradually_in_whole_units(spec):
 
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow"])
-@pytest.mark.parametrize("spec", ["2:4", "block:4x4", "channel"])
+@pytest.mark.parametrize("spec", ["2:4", "block:4x4", "channel", "channel:in"])
 def test_prune_at_init_pools_scores_per_unit(method, spec):
     torch.manual_seed(0)
     pattern = parse_pattern(spec)
@@ -221,7 +241,7 @@ def test_snip_channel_keeps_the_channels_of_highest_pooled_saliency():
     assert torch.equal(engine.masks["0.weight"].all(1), want)
 
 
-@pytest.mark.parametrize("spec", ["2:4", "block:4x4", "channel"])
+@pytest.mark.parametrize("spec", ["2:4", "block:4x4", "channel", "channel:in"])
 def test_imp_layer_scope_prunes_in_whole_units(spec):
     pattern = parse_pattern(spec)
     sparsity = 0.5
@@ -307,7 +327,7 @@ def test_resolve_first_override_wins():
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("spec", ["2:4", "block:4x4", "channel"])
+@pytest.mark.parametrize("spec", ["2:4", "block:4x4", "channel", "channel:in"])
 def test_every_method_keeps_the_pattern_or_refuses_in_one_line(method, spec):
     """Contract over the registry: a method either builds masks of whole units, or says why not."""
     if not METHODS.get(method).uses_masks:

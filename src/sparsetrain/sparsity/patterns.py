@@ -11,7 +11,10 @@ C_in·k_h·k_w, the layout ``torch.sparse.to_sparse_semi_structured`` and BSR ex
   N at the target (Mishra et al. 2021, "Accelerating Sparse Deep Neural Networks"; Zhou et al.
   2021, "Learning N:M Fine-grained Structured Sparse Neural Networks From Scratch").
 * ``block:RxC`` (e.g. ``block:4x4``, ``block:16x1``): whole R×C blocks of the matrix.
-* ``channel``: whole output channels (rows: a conv filter or a linear unit).
+* ``channel`` (also ``channel:out``): whole output channels (rows: a conv filter or a linear unit).
+* ``channel:in``: whole input channels (a linear layer's columns; a conv's C_out×k_h×k_w slice of
+  one input channel, i.e. a C_out × (k_h·k_w) block of the matrix view): the channel is unused
+  by the layer, so the layer before can drop it (:func:`.export.channel_prune`).
 
 Pooling rule (block, channel): a unit's score is the *sum* of its entries' scores. Every method
 scores with non-negative values (|w|, |grad|, |EMA|, |g⊙w|, SynFlow's), so this is the L1 norm
@@ -36,8 +39,8 @@ import torch
 from ..errors import ConfigError
 from .topk import count_active, topk_mask
 
-KINDS = ("unstructured", "nm", "block", "channel")
-EXAMPLES = "unstructured, 2:4 (N:M), block:4x4, channel"
+KINDS = ("unstructured", "nm", "block", "channel", "in_channel")
+EXAMPLES = "unstructured, 2:4 (N:M), block:4x4, channel (channel:out), channel:in"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class Pattern:
             return f"{self.n}:{self.m}"
         if self.kind == "block":
             return f"block:{self.rows}x{self.cols}"
+        if self.kind == "in_channel":
+            return "channel:in"
         return self.kind
 
     @property
@@ -83,14 +88,23 @@ class Pattern:
         numel = math.prod(shape)
         if self.kind == "nm":
             return self.m, numel // self.m
-        if self.kind in ("block", "channel"):
+        if self.kind in ("block", "channel", "in_channel"):
             r, c = self.block(shape)
             return numel // (r * c), r * c
         return numel, 1
 
     def block(self, shape: Sequence[int]) -> Tuple[int, int]:
         """Block size (rows, cols) of a block or channel pattern on a weight of ``shape``."""
-        return (1, math.prod(shape[1:])) if self.kind == "channel" else (self.rows, self.cols)
+        if self.kind == "channel":
+            return 1, math.prod(shape[1:])
+        if self.kind == "in_channel":
+            return int(shape[0]), math.prod(shape[2:])
+        return self.rows, self.cols
+
+    @property
+    def channelwise(self) -> bool:
+        """Whole output or input channels: the layer exports to a smaller dense layer."""
+        return self.kind in ("channel", "in_channel")
 
     def count(self, shape: Sequence[int], density: float) -> int:
         """Active entries of a layer of ``shape`` at ``density``, in whole units of the pattern."""
@@ -108,8 +122,10 @@ def parse_pattern(spec) -> Pattern:
     s = str(spec).strip().lower()
     if s == "unstructured":
         return UNSTRUCTURED
-    if s == "channel":
+    if s in ("channel", "channel:out"):
         return Pattern("channel")
+    if s == "channel:in":
+        return Pattern("in_channel")
     nm = re.fullmatch(r"(?:nm:)?(\d+):(\d+)", s)
     if nm:
         n, m = int(nm.group(1)), int(nm.group(2))
