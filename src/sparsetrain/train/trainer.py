@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 import torch
 import torch.distributed as dist
 
-from ..config import RunConfig, run_hash
+from ..config import RunConfig, run_hash, to_dict
 from ..errors import CheckpointError, ConfigError, TrainingError, first_line
 from ..registry import METHODS
 from ..sparsity.run import Metrics, adjusted_config, check_phases, default_phases, run_hooks, task_loss
@@ -33,6 +33,7 @@ from .phases import TicketClock, phase_config, phase_starts, with_extra_loss
 from .runner import build_engine, build_optimizer, build_scheduler, seed_everything, total_steps
 from .stop import StopOnRequest
 from .threads import intra_op_threads
+from .trackers import build_trackers, build_user_callbacks, check_trackers
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Trainer:
 
         self.cfg, self.run_dir, self.stop = cfg, Path(run_dir), stop
         self._saved_step: Optional[int] = None
+        self.user_callbacks = build_user_callbacks(cfg.train.callbacks)
+        check_trackers(cfg.train.trackers)
         self.dist = setup_distributed(cfg.train.device)
         self.device = resolve_device(cfg.train.device, self.dist)
         configure_backend(self.device, cfg.train.deterministic)
@@ -306,6 +309,9 @@ class Trainer:
                  StopOnRequest(self.stop, self.save, lambda: self._saved_step, self.run_dir, self._agree)]
         if t.tensorboard and self.dist.main:
             fixed.append(TensorBoard(self.run_dir / "tb"))
+        fixed += self.user_callbacks
+        if t.trackers and self.dist.main:
+            fixed += build_trackers(t.trackers, self.run_dir, to_dict(cfg), self.flops.summary)
         first = int(ck.get("phase", 0)) if ck else 0
         for i in range(first, len(self.phases)):
             self._enter_phase(i, state, ck if i == first else None, metrics)
