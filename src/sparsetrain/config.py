@@ -443,7 +443,7 @@ KEY_MEANINGS: Dict[str, str] = {
     "data.eval_batch_size": "examples per evaluation batch (speed only)",
     "data.workers": "DataLoader worker processes for evaluation (0: in this process)",
     "data.options": "the dataset's own options (sparsetrain list)",
-    "model.name": "model (sparsetrain list)",
+    "model.name": "model (sparsetrain list), or torchvision:NAME, timm:NAME, package.module:factory (model.options are its keyword arguments)",
     "model.width": "factor on hidden sizes (Small-Dense narrows it)",
     "model.options": "the model's own options",
     "optim.name": "sgd, adam or adamw",

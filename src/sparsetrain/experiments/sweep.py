@@ -158,15 +158,12 @@ def check_runnable(cfg: RunConfig) -> None:
     """Checks that need the registries but no data: method (and its options), model (and its
     options), dataset name. Raises ConfigError."""
     from ..data import get_dataset
-    from ..models import model_options
-    from ..registry import METHODS, MODELS
+    from ..models import check_model
+    from ..registry import METHODS
     from .. import sparsity  # noqa: F401  (registers the built-in methods)
 
     METHODS.get(cfg.sparsity.method)(**cfg.sparsity.options)
-    MODELS.get(cfg.model.name)
-    unknown = sorted(set(cfg.model.options) - set(model_options(cfg.model.name)))
-    if unknown:
-        raise ConfigError(f"model '{cfg.model.name}' has no option(s) {', '.join(unknown)}")
+    check_model(cfg.model.name, cfg.model.options)
     get_dataset(cfg.data.name)
 
 
