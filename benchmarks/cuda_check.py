@@ -10,7 +10,7 @@ Checks (each a pass/fail with the measured numbers):
   exact active counts per layer after every update, masked weights exactly zero, every truly
   new connection zero with zero momentum right after its update.
 * ``amp_fp16``: the same under ``torch.autocast(float16)`` + ``GradScaler`` through
-  ``engine.step_optimizer(lambda: scaler.step(opt))``; ``amp_bf16``: bf16 autocast, no scaler.
+  ``engine.step_optimizer(scaler=scaler)``; ``amp_bf16``: bf16 autocast, no scaler.
 * ``same_seed``: two engines built with the same seed on the GPU hold identical masks.
 * ``cli``: ``python -m sparsetrain train`` on the embedded digits data with ``train.device=cuda``
   (and ``train.amp=true``): exit code, accuracy, achieved sparsity.
@@ -65,10 +65,7 @@ def engine_run(device, amp=None, steps=60, seed=0):
         before = {n: m.clone() for n, m in eng.masks.items()}
         if scaler is not None:
             scaler.scale(loss).backward()
-            # the scaler's update needs a recorded inf check, so it follows only steps that ran
-            # (RigL skips the optimizer step on update iterations)
-            if eng.step_optimizer(lambda: scaler.step(opt)):
-                scaler.update()
+            eng.step_optimizer(scaler=scaler)  # unscale, engine, scaler step (unless skipped), update
         else:
             loss.backward()
             eng.step_optimizer()

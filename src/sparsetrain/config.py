@@ -127,12 +127,33 @@ class TrainConfig:
     eval_every: int = 0
     checkpoint_every: int = 0
     device: str = "auto"
-    amp: bool = False
+    amp: Any = "off"
     progress: str = "auto"
     tensorboard: bool = False
     deterministic: bool = True
     init_from: Optional[str] = None
     threads: int = 0
+    callbacks: Tuple[str, ...] = ()
+    trackers: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "amp", amp_mode(self.amp))
+
+
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def amp_mode(value: Any) -> str:
+    """``train.amp``: ``off``, ``bf16`` or ``fp16``; true/false (the older boolean, true meaning
+    fp16 with GradScaler on CUDA) are accepted."""
+    if isinstance(value, bool):
+        return "fp16" if value else "off"
+    text = str(value).lower() if isinstance(value, (str, int)) else None
+    legacy = {"true": "fp16", "false": "off", "1": "fp16", "0": "off", "none": "off", "no": "off"}
+    text = legacy.get(text, text)
+    if text not in AMP_MODES:
+        raise ConfigError(f"train.amp must be one of {', '.join(AMP_MODES)}, got {value!r}")
+    return text
 
 
 @dataclass(frozen=True)
@@ -150,7 +171,8 @@ class RunConfig:
 
 # keys that do not change what is computed, so they stay out of the run hash
 _UNHASHED = {"out_dir", "data.root", "data.download", "data.workers", "train.device",
-             "train.progress", "train.tensorboard", "data.eval_batch_size", "train.checkpoint_every", "train.threads"}
+             "train.progress", "train.tensorboard", "data.eval_batch_size", "train.checkpoint_every", "train.threads",
+             "train.trackers"}
 
 
 def to_dict(cfg) -> Dict[str, Any]:
@@ -169,12 +191,15 @@ def flat_items(d: Mapping[str, Any], prefix: str = ""):
 
 # keys added later: left out of the hash while at their default, so older run directories keep theirs
 _HASHED_UNLESS = {"train.init_from": None, "sparsity.backend": "masked", "sparsity.backend_options": {},
-                  "sparsity.pattern": "unstructured", "sparsity.pattern_overrides": {}}
+                  "sparsity.pattern": "unstructured", "sparsity.pattern_overrides": {}, "train.callbacks": []}
+# values hashed as their older spelling, so that runs written before keep their directories
+_HASHED_AS = {("train.amp", "off"): False, ("train.amp", "fp16"): True}
 
 
 def run_hash(cfg: RunConfig) -> str:
     """Short stable hash of everything that changes the result."""
-    items = sorted((k, v) for k, v in flat_items(to_dict(cfg))
+    items = sorted((k, _HASHED_AS.get((k, v), v) if isinstance(v, str) else v)
+                   for k, v in flat_items(to_dict(cfg))
                    if k not in _UNHASHED and not (k in _HASHED_UNLESS and v == _HASHED_UNLESS[k]))
     return hashlib.sha256(json.dumps(items, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
@@ -420,7 +445,7 @@ KEY_MEANINGS: Dict[str, str] = {
     "data.eval_batch_size": "examples per evaluation batch (speed only)",
     "data.workers": "DataLoader worker processes for evaluation (0: in this process)",
     "data.options": "the dataset's own options (sparsetrain list)",
-    "model.name": "model (sparsetrain list)",
+    "model.name": "model (sparsetrain list), or torchvision:NAME, timm:NAME, package.module:factory (model.options are its keyword arguments)",
     "model.width": "factor on hidden sizes (Small-Dense narrows it)",
     "model.options": "the model's own options",
     "optim.name": "sgd, adam or adamw",
@@ -460,7 +485,9 @@ KEY_MEANINGS: Dict[str, str] = {
     "train.checkpoint_every": "write checkpoint.pt every N steps (0: once per epoch), at the end and "
                               "on SIGTERM/SIGINT",
     "train.device": "auto, cpu, cuda or cuda:N (not hashed)",
-    "train.amp": "mixed precision (CUDA only)",
+    "train.amp": "mixed precision: off, bf16 (autocast, CPU and CUDA) or fp16 (autocast + GradScaler, CUDA only)",
+    "train.callbacks": "user callbacks, 'package.module:Class' each (built with no arguments; hooks on_start, on_step_end, on_end)",
+    "train.trackers": "experiment trackers receiving each metrics.jsonl record: wandb, mlflow",
     "train.progress": "auto (bar on a terminal, a plain line every minute in a log), on, off",
     "train.tensorboard": "also write TensorBoard scalars to RUN_DIR/tb",
     "train.deterministic": "deterministic cuDNN kernels",

@@ -1,9 +1,10 @@
 """One small name -> object registry, used for methods, models, datasets and distributions."""
 from __future__ import annotations
 
+import importlib
 from typing import Callable, Dict, Iterator, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 T = TypeVar("T")
 
@@ -52,3 +53,23 @@ METHODS = Registry("method")
 MODELS = Registry("model")
 DATASETS = Registry("dataset")
 DISTRIBUTIONS = Registry("distribution")
+
+
+def load_object(spec: str, what: str):
+    """The object that ``spec`` (``"package.module:Name"``, the name possibly dotted) names; a
+    ConfigError naming ``what`` and the fix when the module or the name is not found."""
+    module, sep, attr = str(spec).partition(":")
+    if not sep or not module.strip() or not attr.strip():
+        raise ConfigError(f"{what} '{spec}' must look like 'package.module:Name'")
+    try:
+        obj = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"{what} '{spec}': cannot import '{module}' ({first_line(e)}); install it or put "
+                          "it on PYTHONPATH") from None
+    except Exception as e:  # the user's module failed while importing
+        raise ConfigError(f"{what} '{spec}': importing '{module}' failed: {type(e).__name__}: {first_line(e)}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{what} '{spec}': '{module}' has no '{attr}'")
+        obj = getattr(obj, part)
+    return obj

@@ -16,7 +16,7 @@ from .common import Shortcut, add_config_flags, add_shortcuts, config_overrides,
 NAME = "flops"
 #: flag -> config key; ``--model`` and ``--dataset`` are required unless ``--config`` is given
 SHORTCUTS = [
-    Shortcut("--model", "model.name", "registered model name (see `sparsetrain list`)"),
+    Shortcut("--model", "model.name", "registered model name (see `sparsetrain list`), or torchvision:NAME, timm:NAME, package.module:factory"),
     Shortcut("--dataset", "data.name", "dataset whose input shape and classes the model gets"),
     Shortcut("--sparsity", "sparsity.sparsity", "global target sparsity in [0, 1)"),
     Shortcut("--distribution", "sparsity.distribution",

@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Union
 
@@ -38,7 +39,8 @@ log = logging.getLogger(__name__)
 def run_dir_for(cfg: RunConfig) -> Path:
     """``out_dir/<data>-<model>-<method>-s<sparsity>-<hash>``: readable, and unique per config."""
     s = cfg.sparsity
-    return Path(cfg.out_dir) / f"{cfg.data.name}-{cfg.model.name}-{s.method}-s{s.sparsity:g}-{run_hash(cfg)}"
+    model = re.sub(r"[^A-Za-z0-9_.+-]", "_", cfg.model.name)  # "timm:resnet18" -> "timm_resnet18"
+    return Path(cfg.out_dir) / f"{cfg.data.name}-{model}-{s.method}-s{s.sparsity:g}-{run_hash(cfg)}"
 
 
 def _read_object(path: Path) -> Optional[Dict[str, Any]]:

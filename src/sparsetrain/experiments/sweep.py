@@ -158,15 +158,12 @@ def check_runnable(cfg: RunConfig) -> None:
     """Checks that need the registries but no data: method (and its options), model (and its
     options), dataset name. Raises ConfigError."""
     from ..data import get_dataset
-    from ..models import model_options
-    from ..registry import METHODS, MODELS
+    from ..models import check_model
+    from ..registry import METHODS
     from .. import sparsity  # noqa: F401  (registers the built-in methods)
 
     METHODS.get(cfg.sparsity.method)(**cfg.sparsity.options)
-    MODELS.get(cfg.model.name)
-    unknown = sorted(set(cfg.model.options) - set(model_options(cfg.model.name)))
-    if unknown:
-        raise ConfigError(f"model '{cfg.model.name}' has no option(s) {', '.join(unknown)}")
+    check_model(cfg.model.name, cfg.model.options)
     get_dataset(cfg.data.name)
 
 
@@ -395,7 +392,7 @@ def _worker_died(cfg: RunConfig, err: BaseException) -> RunOutcome:
 def run_sweep(configs: Sequence[RunConfig], jobs: int = 1, progress: bool = False,
               threads: Optional[int] = None,
               on_outcome: Optional[Callable[[RunOutcome], None]] = None,
-              stop: Callable[[], Optional[int]] = lambda: None) -> SweepResult:
+              stop: Callable[[], Optional[int]] = lambda: None, executor=None) -> SweepResult:
     """Run ``configs`` in at most ``jobs`` worker processes; skip finished runs.
 
     Args:
@@ -406,6 +403,8 @@ def run_sweep(configs: Sequence[RunConfig], jobs: int = 1, progress: bool = Fals
         on_outcome: called in this process with each run's outcome as it arrives.
         stop: the signal number of a pending stop request, or None: on a request the workers
             checkpoint their runs and stop, queued runs are dropped, and StopRequested is raised.
+        executor: a submitit executor (:mod:`.submitit_launcher`): each run becomes a job of it
+            instead of a local worker process.
 
     Returns the :class:`SweepResult`; failures are in it, never raised.
     """
@@ -415,7 +414,11 @@ def run_sweep(configs: Sequence[RunConfig], jobs: int = 1, progress: bool = Fals
     view = ProgressView(len(configs), progress)
     try:
         todo = _skip_finished(configs, result, view)
-        if todo:
+        if todo and executor is not None:
+            from .submitit_launcher import run_jobs
+            run_jobs(todo, executor, lambda outcome, cfg: _record_outcome(outcome, cfg, result, view, on_outcome),
+                     stop)
+        elif todo:
             threads = threads or max(1, available_cores() // jobs)
             _run_pool(todo, jobs, threads, result, view, on_outcome, stop)
     finally:
@@ -463,7 +466,15 @@ def _record(fut, cfg: RunConfig, result: SweepResult, view: ProgressView, on_out
     try:
         outcome = fut.result()
     except Exception as e:  # BrokenProcessPool: a worker was killed (OOM, signal)
-        outcome = _worker_died(cfg, e)
+        outcome = e
+    _record_outcome(outcome, cfg, result, view, on_outcome)
+
+
+def _record_outcome(outcome, cfg: RunConfig, result: SweepResult, view: ProgressView, on_outcome) -> None:
+    """Add a run's outcome (or the exception that ended its worker or job) to ``result``, the
+    view and the callback."""
+    if isinstance(outcome, BaseException):
+        outcome = _worker_died(cfg, outcome)
     result.outcomes.append(outcome)
     view.update(outcome, result)
     if on_outcome is not None:

@@ -19,8 +19,9 @@ from ..errors import ConfigError
 from ..registry import MODELS
 from . import lenet, mlp, mobilenet, resnet, rnn, vgg, wrn  # noqa: F401  (registration side effect)
 from .common import check_width
+from .external import build_external, check_external, is_external
 
-__all__ = ["build_model", "count_parameters", "small_dense_width", "model_options", "MODELS"]
+__all__ = ["build_model", "check_model", "count_parameters", "small_dense_width", "model_options", "MODELS"]
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +35,31 @@ def model_options(name: str) -> dict:
     return {p.name: p.default for p in params if p.kind is not p.VAR_KEYWORD}
 
 
-def build_model(name: str, info: DataInfo, width: float = 1.0, **options) -> nn.Module:
-    """Build registered model ``name`` for dataset ``info`` with width multiplier ``width``.
-
-    Raises ConfigError for an unknown name, a non-positive width, an option the model does not
-    have, or a bad option value.
-    """
-    factory = MODELS.get(name)
+def check_model(name: str, options: dict) -> None:
+    """The name and option checks of :func:`build_model`, without a dataset and building nothing."""
+    if is_external(name):
+        check_external(name, options)
+        return
+    MODELS.get(name)
     unknown = sorted(set(options) - set(model_options(name)))
     if unknown:
         valid = ", ".join(model_options(name)) or "none"
         raise ConfigError(f"model '{name}' has no option(s) {', '.join(unknown)}; valid options: {valid}")
-    return factory(info, check_width(width), **options)
+
+
+def build_model(name: str, info: DataInfo, width: float = 1.0, **options) -> nn.Module:
+    """Build registered model ``name`` for dataset ``info`` with width multiplier ``width``.
+
+    ``name`` may also be an import path (:mod:`.external`: ``torchvision:resnet50``,
+    ``timm:resnet18``, ``my.module:factory``), built with ``options`` as keyword arguments.
+
+    Raises ConfigError for an unknown name, a non-positive width, an option the model does not
+    have, or a bad option value.
+    """
+    if is_external(name):  # "torchvision:resnet50", "timm:resnet18", "my.module:factory"
+        return build_external(name, info, check_width(width), options)
+    check_model(name, options)
+    return MODELS.get(name)(info, check_width(width), **options)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -11,10 +11,19 @@ Drop it into any PyTorch loop::
             optimizer.step()
         engine.after_step()
 
+With AMP's GradScaler (fp16), unscale before the engine reads the gradients::
+
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)      # the method reads true gradients
+        if engine.after_backward():     # False on update iterations and on overflow steps
+            scaler.step(optimizer)
+        scaler.update()
+        engine.after_step()             # no topology update on an overflow step
+
 ``after_backward`` lets the method read dense gradients, then zeroes the gradients of masked
 weights; ``after_step`` performs the topology update on update steps and re-applies the masks.
-The engine never wraps or patches the optimizer or model, so LR schedulers, AMP's GradScaler and
-DDP work as usual.
+The engine never wraps or patches the optimizer or model, so LR schedulers, AMP (autocast and
+GradScaler, in the order above) and DDP work as usual.
 
 Each sparsified tensor lives in a layer store (:mod:`.storage`): masked-dense by default, or
 compressed (CSR values as the parameter, truly sparse CPU kernels) where the engine's storage
@@ -117,6 +126,7 @@ class SparsityEngine:
         self.step = 0
         self.last_update: Optional[dict] = None
         self._pending_update = False
+        self.overflow, self.overflow_steps = False, 0
         self.stores: Dict[str, LayerStore] = {}
         self.patterns: Dict[str, Pattern] = {}
         self.masks = MaskView(self.stores)
@@ -233,18 +243,46 @@ class SparsityEngine:
         return store is not None and store.compressed
 
     # --- the two hooks ----------------------------------------------------------------------
-    def after_backward(self) -> bool:
-        """Call right after ``loss.backward()``. Returns whether to run ``optimizer.step()``."""
+    def after_backward(self, grads_finite: Optional[bool] = None) -> bool:
+        """Call right after ``loss.backward()`` (under AMP's GradScaler: after
+        ``scaler.unscale_(optimizer)``, so that the method reads true gradients). Returns whether
+        to run ``optimizer.step()``.
+
+        Overflow: on a step whose gradients hold inf/NaN (GradScaler's overflow steps) the method
+        reads nothing (no gradient average, no topology update on an update step) and the return
+        is False. ``grads_finite`` gives that answer; None (default): the engine checks the
+        gradients of the optimizer's parameters (the model's without an optimizer), the same set
+        GradScaler checks, on the steps whose gradients the method reads (update steps, and every
+        step of a method that averages gradients, SNFS)."""
         update = self.method.is_update_step(self.step)
-        self.method.observe_gradients(self, update)
+        if grads_finite is None and (update or self.method.uses_dense_grad(self.step)):
+            grads_finite = self._grads_finite()
+        self.overflow = grads_finite is False
+        if self.overflow:
+            self.overflow_steps += 1
+            log.info("step %d: non-finite gradients (an AMP overflow step): no gradient average, "
+                     "no topology update", self.step)
+        else:
+            self.method.observe_gradients(self, update)
         with torch.no_grad():
             for store in self.stores.values():
                 store.mask_gradients()
-        self._pending_update = update
-        return not (update and self.method.skip_optimizer_step)
+        self._pending_update = update and not self.overflow
+        return not (self.overflow or (update and self.method.skip_optimizer_step))
+
+    @torch.no_grad()
+    def _grads_finite(self) -> bool:
+        """Whether every gradient of the trained parameters is finite (one device sync)."""
+        if self.optimizer is not None:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        else:
+            params = list(self.model.parameters())
+        flags = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        return bool(torch.stack(flags).all()) if flags else True
 
     def after_step(self) -> None:
-        """Call after the (possibly skipped) optimizer step: update topology, re-apply masks."""
+        """Call after the (possibly skipped) optimizer step: update topology (unless the step
+        overflowed), re-apply masks."""
         if self._pending_update:
             self.update_masks(self.method.drop_fraction(self.step))
         self._pending_update = False
@@ -252,12 +290,24 @@ class SparsityEngine:
         self.step += 1
         self._arm_capture()
 
-    def step_optimizer(self, step_fn: Optional[Callable[[], object]] = None) -> bool:
+    def step_optimizer(self, step_fn: Optional[Callable[[], object]] = None, scaler=None) -> bool:
         """Convenience: ``after_backward``, the optimizer step if allowed, ``after_step``.
-        ``step_fn`` replaces ``optimizer.step`` (e.g. ``lambda: scaler.step(optimizer)``)."""
+        ``step_fn`` replaces ``optimizer.step`` (e.g. to clip first). With ``scaler`` (AMP's
+        GradScaler; call this after ``scaler.scale(loss).backward()``): ``scaler.unscale_``, then
+        ``after_backward``, ``scaler.step`` (or ``step_fn``) if allowed, ``scaler.update``,
+        ``after_step``. Returns whether the optimizer stepped."""
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
         run = self.after_backward()
         if run:
-            (step_fn or self.optimizer.step)()
+            if step_fn is not None:
+                step_fn()
+            elif scaler is not None:
+                scaler.step(self.optimizer)
+            else:
+                self.optimizer.step()
+        if scaler is not None:
+            scaler.update()
         self.after_step()
         return run
 

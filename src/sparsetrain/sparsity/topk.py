@@ -10,10 +10,10 @@ def topk_mask(scores: torch.Tensor, k: int, eligible: torch.Tensor | None = None
     Only ``eligible`` entries (all, if None) may be chosen; ``k`` must not exceed their number.
     Ties are broken toward the lower flat index (as jaxpruner does), so the result is the first
     ``k`` of a stable descending sort and never depends on a kernel's ordering. NaN scores rank
-    lowest.
+    lowest, and so does +inf (an overflowed gradient must not win growth), below -inf.
     """
     flat = scores.detach().reshape(-1).float()
-    flat = torch.nan_to_num(flat, nan=-float("inf"))
+    flat = torch.nan_to_num(flat, nan=-float("inf"), posinf=-float("inf"))
     n_eligible = flat.numel() if eligible is None else int(eligible.sum())
     if not 0 <= k <= n_eligible:
         raise ValueError(f"cannot select {k} of {n_eligible} eligible entries")

@@ -35,20 +35,20 @@ class LoopState:
 
 
 def _optimizer_step(s: LoopState) -> None:
+    """Clip (the gradients are already unscaled) and step; under GradScaler its step skips
+    overflow steps."""
     if s.grad_clip > 0:
-        if s.scaler is not None:
-            s.scaler.unscale_(s.optimizer)
         torch.nn.utils.clip_grad_norm_(s.model.parameters(), s.grad_clip)
     if s.scaler is not None:
         s.scaler.step(s.optimizer)
-        s.scaler.update()
     else:
         s.optimizer.step()
 
 
 def train_loop(s: LoopState) -> None:
-    """forward → backward → engine.after_backward → optimizer step (unless skipped) →
-    engine.after_step → LR schedule; callbacks evaluate, log and checkpoint."""
+    """forward (autocast under AMP) → backward (scaled under fp16) → unscale → engine.after_backward
+    → optimizer step (unless skipped) → scaler update → engine.after_step → LR schedule;
+    callbacks evaluate, log and checkpoint."""
     batches = s.batches.from_step(s.step)
     s.emit("on_start")
     while s.step < s.total_steps:
@@ -60,8 +60,12 @@ def train_loop(s: LoopState) -> None:
                                 "optim.grad_clip (the last good checkpoint is kept)")
         s.optimizer.zero_grad(set_to_none=True)
         (s.scaler.scale(loss) if s.scaler is not None else loss).backward()
+        if s.scaler is not None:
+            s.scaler.unscale_(s.optimizer)  # the engine and clipping read true gradients
         if s.engine is None or s.engine.after_backward():
             _optimizer_step(s)
+        if s.scaler is not None:
+            s.scaler.update()
         if s.engine is not None:
             s.engine.after_step()
         s.scheduler.step()

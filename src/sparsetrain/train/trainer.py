@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, Iterator, Optional, Tuple, Union
 import torch
 import torch.distributed as dist
 
-from ..config import RunConfig, run_hash
+from ..config import RunConfig, run_hash, to_dict
 from ..errors import CheckpointError, ConfigError, TrainingError, first_line
 from ..registry import METHODS
 from ..sparsity.run import Metrics, adjusted_config, check_phases, default_phases, run_hooks, task_loss
@@ -33,6 +33,7 @@ from .phases import TicketClock, phase_config, phase_starts, with_extra_loss
 from .runner import build_engine, build_optimizer, build_scheduler, seed_everything, total_steps
 from .stop import StopOnRequest
 from .threads import intra_op_threads
+from .trackers import build_trackers, build_user_callbacks, check_trackers
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,13 @@ class Trainer:
 
         self.cfg, self.run_dir, self.stop = cfg, Path(run_dir), stop
         self._saved_step: Optional[int] = None
+        self.user_callbacks = build_user_callbacks(cfg.train.callbacks)
+        check_trackers(cfg.train.trackers)
         self.dist = setup_distributed(cfg.train.device)
         self.device = resolve_device(cfg.train.device, self.dist)
         configure_backend(self.device, cfg.train.deterministic)
-        if cfg.train.amp and self.device.type != "cuda":
-            raise ConfigError("train.amp needs a CUDA device; set train.amp=false on CPU")
+        if cfg.train.amp == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.amp=fp16 (GradScaler) needs a CUDA device; use train.amp=bf16 on the CPU")
         d = cfg.data
         self.splits = load_dataset(d.name, d.root or default_data_root(), download=d.download,
                                    val_size=d.val_size, augment=d.augment, seed=cfg.seed, **d.options)
@@ -267,6 +270,8 @@ class Trainer:
         self.evaluator.phase = phase.name
         if ck is not None:
             state.step = self._resume(metrics, ck)
+            if state.scaler is not None and ck.get("scaler"):
+                state.scaler.load_state_dict(ck["scaler"])  # the loss scale continues too
         elif i == 0:
             metrics.truncate_after(-1)
             state.step = 0
@@ -290,11 +295,11 @@ class Trainer:
         self.evaluator = Evaluator(self._eval_splits(), every, self.info.task, metrics)
         self.clock = TicketClock(self.method, self.engine, self.steps_per_epoch, self.elapsed,
                                  lambda: self.flops.tracker.total)
-        scaler = torch.amp.GradScaler("cuda") if t.amp else None
+        scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
         state = LoopState(model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                           batches=self.train_batches, device=self.device, total_steps=self.total,
                           loss_fn=self.loss_fn, engine=self.engine, grad_clip=cfg.optim.grad_clip,
-                          scaler=scaler, amp_dtype=torch.float16 if t.amp else None)
+                          scaler=scaler, amp_dtype={"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.amp))
         self._t0 = time.time()
         ck = self._read_checkpoint()
         if ck is None and t.init_from:  # a fresh run started from another run's solution
@@ -304,6 +309,9 @@ class Trainer:
                  StopOnRequest(self.stop, self.save, lambda: self._saved_step, self.run_dir, self._agree)]
         if t.tensorboard and self.dist.main:
             fixed.append(TensorBoard(self.run_dir / "tb"))
+        fixed += self.user_callbacks
+        if t.trackers and self.dist.main:
+            fixed += build_trackers(t.trackers, self.run_dir, to_dict(cfg), self.flops.summary)
         first = int(ck.get("phase", 0)) if ck else 0
         for i in range(first, len(self.phases)):
             self._enter_phase(i, state, ck if i == first else None, metrics)
