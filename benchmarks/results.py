@@ -88,12 +88,12 @@ class Plan:
 
 
 # --- configs ------------------------------------------------------------------------------------
-def base_config(setting: Setting, plan: Plan, out_dir: Path):
+def base_config(setting: Setting, plan: Plan, out_dir: Path, data: Path = DATA):
     """The setting's RunConfig at the plan's scale (or its own), writing under ``out_dir``."""
     from sparsetrain.config import load_config
 
     cfg = load_config(str(ROOT / setting.config), setting.overrides + (
-        f"out_dir={out_dir}", f"data.root={DATA}", "train.progress=off"))
+        f"out_dir={out_dir}", f"data.root={data}", "train.progress=off"))
     scale = plan.setting_scale.get(setting.name, plan.scale)
     return load_config(base=_to_dict(cfg), overrides=(f"train.epochs={cfg.train.epochs * scale}",))
 
