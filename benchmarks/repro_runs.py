@@ -7,14 +7,15 @@
 Blocks (each an ordinary set of ``sparsetrain train`` runs, written to ``OUT/<block>/``):
 
 * ``core_full``: MNIST LeNet-300-100 at full scale (the config's 20 epochs), 5 seeds, 90/95/98 %:
-  Dense, Static, SET, RigL (uniform), RigL (ERK), GMP, then RigL 5x (longest first within it);
-* ``rigl5x``: only the RigL 5x runs of ``core_full`` (to give them to another device);
+  Static, SET, RigL (uniform), RigL (ERK), GMP, Dense (one claim's runs together);
+* ``rigl5x``: RigL 5x (100 epochs) in the same setting;
 * ``ptb``: word-level PTB LSTM (configs/ptb_lstm.toml, ``--ptb-scale`` of its 4 epochs), 3 seeds:
   Dense, and Static, SET, RigL, SNFS, GMP at 75 % and 90 %;
 * ``lottery``: MNIST LeNet-300-100 at 90/95/98 %, 3 seeds, the recipe of
   benchmarks/lottery_mnist.py (3 epochs per weight training): random (static), SNIP, GraSP,
   SynFlow, IMP, edge-popup, Gem-Miner (and Dense per seed); the sanity checks (shuffle, reinit,
-  invert) follow each run of a method with a mask to check;
+  invert) follow each run of a method with a mask to check (``lottery_imp``: its IMP runs alone,
+  ``lottery_rest``: the others);
 * ``fashion_lr``: Fashion-MNIST LeNet-5 (configs/fashion_lenet5.toml at ``--fashion-scale``)
   at 95/98 % with 10,000 training images held out for validation (``data.val_size``):
   Static, SET, RigL, SNFS, GMP and Dense over the learning rates ``--lrs``, 5 seeds. The
@@ -76,13 +77,12 @@ def _with(cfg, *overrides: str):
     return load_config(base=to_dict(cfg), overrides=tuple(overrides))
 
 
-def core_jobs(out: Path, data: Path, only_5x: bool = False) -> List[Job]:
+def core_jobs(out: Path, data: Path, labels: Sequence[str]) -> List[Job]:
     import results as R
 
     plan = R.Plan(scale=1.0, seeds=CORE_SEEDS, sparsities=CORE_SPARSITIES)
     st = R.SETTINGS["mnist_lenet300"]
     cfg = R.base_config(st, plan, out / "core_full", data)
-    labels = ("rigl_5x",) if only_5x else ("dense", "static", "set", "rigl", "rigl_erk", "gmp", "rigl_5x")
     variants = [v for v in R.main_variants(cfg, plan, {}) if v["label"] in labels]
     jobs = []
     for v in variants:
@@ -91,8 +91,7 @@ def core_jobs(out: Path, data: Path, only_5x: bool = False) -> List[Job]:
         for c in expand(one):
             jobs.append(Job("core_full", v["label"], c, cost=c.train.multiplier))
     order = {lab: i for i, lab in enumerate(labels)}
-    # claims in priority order; within the list the 5x runs (5 times longer) go first
-    jobs.sort(key=lambda j: (0 if j.label == "rigl_5x" else 1, order[j.label]))
+    jobs.sort(key=lambda j: order[j.label])  # one claim's runs (every sparsity and seed) together
     return jobs
 
 
@@ -112,7 +111,7 @@ def ptb_jobs(out: Path, data: Path, scale: float) -> List[Job]:
     return jobs
 
 
-def lottery_jobs(out: Path, data: Path) -> List[Job]:
+def lottery_jobs(out: Path, data: Path, names: Sequence[str] = LOTTERY_METHODS) -> List[Job]:
     import lottery_mnist as L
 
     jobs = []
@@ -121,7 +120,7 @@ def lottery_jobs(out: Path, data: Path) -> List[Job]:
             args = argparse.Namespace(dataset="mnist", data_dir=str(data), sparsity=s,
                                       out_dir=str(out / "lottery"), seed=seed)
             table = L.methods(LOTTERY_EPOCHS)
-            for name in LOTTERY_METHODS:
+            for name in names:
                 if name == "dense" and s != LOTTERY_SPARSITIES[0]:
                     continue  # dense does not depend on the sparsity
                 method, extra = table[name]
@@ -152,10 +151,12 @@ def fashion_jobs(out: Path, data: Path, scale: float, lrs: Sequence[float]) -> L
 
 def build_queue(blocks: Sequence[str], out: Path, data: Path, args) -> List[Job]:
     makers = {
-        "core_full": lambda: core_jobs(out, data),
-        "rigl5x": lambda: core_jobs(out, data, only_5x=True),
+        "core_full": lambda: core_jobs(out, data, ("static", "set", "rigl", "rigl_erk", "gmp", "dense")),
+        "rigl5x": lambda: core_jobs(out, data, ("rigl_5x",)),
         "ptb": lambda: ptb_jobs(out, data, args.ptb_scale),
         "lottery": lambda: lottery_jobs(out, data),
+        "lottery_imp": lambda: lottery_jobs(out, data, ("IMP",)),
+        "lottery_rest": lambda: lottery_jobs(out, data, [m for m in LOTTERY_METHODS if m != "IMP"]),
         "fashion_lr": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs),
     }
     unknown = [b for b in blocks if b not in makers]
@@ -191,9 +192,27 @@ def mirror(job: Job, out: Path, to: Path) -> None:
             shutil.copyfile(f, dest)
 
 
-def _init(threads: int) -> None:
+_CLAIMS: Optional[Path] = None
+
+
+def _init(threads: int, claims: Optional[str]) -> None:
     import torch
+    global _CLAIMS
     torch.set_num_threads(threads)
+    _CLAIMS = Path(claims) if claims else None
+
+
+def _claim(job: Job) -> bool:
+    """With ``--claims DIR`` shared by concurrent invocations (a CPU and a GPU queue over the same
+    runs), take the job by creating ``DIR/<run name>``; False when another worker has it."""
+    if _CLAIMS is None:
+        return True
+    from sparsetrain.experiments.run_store import run_dir_for
+    try:
+        os.close(os.open(_CLAIMS / run_dir_for(job.cfg).name, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def do_job(job: Job) -> Tuple[str, str, float, Optional[str]]:
@@ -204,6 +223,8 @@ def do_job(job: Job) -> Tuple[str, str, float, Optional[str]]:
     from sparsetrain.experiments.sanity import sanity
 
     t = time.time()
+    if not _claim(job):
+        return job.block, job.label + " (taken by the other queue)", 0.0, None
     try:
         train_run(job.cfg)
         if job.checks:
@@ -233,6 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--ptb-scale", type=float, default=0.25, help="fraction of the PTB config's 4 epochs")
     p.add_argument("--fashion-scale", type=float, default=0.1, help="fraction of the LeNet-5 config's 20 epochs")
     p.add_argument("--lrs", type=lambda s: tuple(float(x) for x in s.split(",")), default=LRS)
+    p.add_argument("--claims", help="a folder shared with a concurrent invocation over the same runs: each "
+                   "run goes to whichever queue reaches it first")
     p.add_argument("--mirror", help="copy each finished run's small files (summaries, metrics, configs) here")
     p.add_argument("--steps", type=int, default=0, help="cut every run to this many steps (a smoke test)")
     p.add_argument("--limit", type=int, default=0, help="only the first N runs of the queue (a smoke test)")
@@ -246,6 +269,8 @@ def main(argv=None) -> int:
     jobs = [dataclasses.replace(j, cfg=_with(j.cfg, *extra)) for j in build_queue(a.blocks.split(","), out, data, a)]
     jobs = jobs[:a.limit] if a.limit else jobs
     todo = [j for j in jobs if not complete(j)]
+    if a.claims:
+        Path(a.claims).mkdir(parents=True, exist_ok=True)
     print(f"{len(jobs)} runs, {len(todo)} to do, {a.jobs} workers on {a.device}", flush=True)
     if a.list:
         for j in todo:
@@ -261,7 +286,7 @@ def main(argv=None) -> int:
     import multiprocessing
     t0, failed, done = time.time(), 0, 0
     with ProcessPoolExecutor(max_workers=a.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init, initargs=(a.threads,)) as pool:
+                             initializer=_init, initargs=(a.threads, a.claims)) as pool:
         pending = {pool.submit(do_job, j): j for j in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
