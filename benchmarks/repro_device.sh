@@ -10,9 +10,10 @@
 # Queues (each most important first; a run is skipped once finished, so rerunning continues):
 #   CPU, 11 workers x 1 thread: IMP lottery runs, full-scale MNIST LeNet-300-100 claims
 #     (static, set, rigl, rigl_erk, gmp, dense; 5 seeds; 90/95/98 %), the other lottery runs
-#     (with sanity checks), RigL 5x;
+#     (with sanity checks), the Fashion-MNIST LeNet-5 learning-rate search (validation split), RigL 5x;
 #   GPU, 5 workers: PTB LSTM (1 epoch, 3 seeds; dense + 5 methods at 75/90 %), then the same
-#     lottery and RigL 5x runs as the CPU queue (a shared claims folder gives each run to one queue).
+#     lottery, Fashion and RigL 5x runs as the CPU queue (a shared claims folder gives each run
+#     to one queue).
 set -u
 OUT=${OUT:?set OUT}
 LIMIT=${LIMIT:-450}          # seconds for the queues (killed then); the script ends a few seconds later
@@ -39,14 +40,14 @@ pack() { tar czf $OUT/.runs17.tmp -C $MIRROR . 2>/dev/null && mv -f $OUT/.runs17
 ( while true; do sleep 30; pack; done ) & PACKER=$!
 # CPU queue
 timeout -k 5 $((LIMIT - SECONDS)) $DRV --device cpu --jobs ${CPUJOBS:-11} \
-  --blocks lottery_imp,core_full,lottery_rest,rigl5x > $OUT/cpu.log 2>&1 & CPUQ=$!
+  --blocks lottery_imp,core_full,lottery_rest,fashion_lr,rigl5x > $OUT/cpu.log 2>&1 & CPUQ=$!
 # GPU queue: a short CUDA check of the PTB path first
 if $PY -c "import torch; assert torch.cuda.is_available()" 2>/dev/null && \
    timeout 120 $PY benchmarks/repro_runs.py --out /tmp/smoke17 --data-dir $DATA --device cuda --blocks ptb \
      --steps 20 --limit 1 > $OUT/gpu.log 2>&1; then
   echo "GPU check passed" >> $OUT/gpu.log
   timeout -k 5 $((LIMIT - SECONDS)) $DRV --device cuda --jobs ${GPUJOBS:-5} --ptb-scale 0.25 \
-    --blocks ptb,lottery_rest,rigl5x >> $OUT/gpu.log 2>&1 & GPUQ=$!
+    --blocks ptb,lottery_rest,fashion_lr,rigl5x >> $OUT/gpu.log 2>&1 & GPUQ=$!
 else
   echo "GPU check failed: PTB on 3 CPU workers at a tenth of an epoch instead" >> $OUT/gpu.log
   timeout -k 5 $((LIMIT - SECONDS)) $DRV --device cpu --jobs ${PTBJOBS:-3} --ptb-scale 0.025 \
