@@ -220,18 +220,18 @@ def results_table(runs, rows: Sequence[Tuple[str, Dict[str, Any]]], cols: Sequen
 
 
 def figures(runs, name: str, sparsity: float, make: bool, docs: Path) -> List[str]:
-    """Markdown image links of the setting's figures (drawn when ``make``)."""
+    """Markdown image links of the setting's committed figures, drawn first when ``make`` (the
+    links are the same either way: the files in docs/results/<name>/, sorted)."""
     from sparsetrain.reports import figures_for, group_runs
     out_dir = docs / "results" / name
-    lines = []
     if make:
         for old in out_dir.glob("*.png"):
             old.unlink()  # figures of runs no longer recorded must not linger
-        pairs = figures_for(group_runs(runs), out_dir, sparsities=(sparsity,)) if runs else []
-    else:
-        pairs = [(p.stem, p) for p in sorted(out_dir.glob("*.png"))]
-    for title, path in pairs:
-        lines += [f"![{title}]({path.relative_to(docs).as_posix()})", ""]
+        if runs:
+            figures_for(group_runs(runs), out_dir, sparsities=(sparsity,))
+    lines = []
+    for path in sorted(out_dir.glob("*.png")):
+        lines += [f"![{path.stem}]({path.relative_to(docs).as_posix()})", ""]
     return lines
 
 
