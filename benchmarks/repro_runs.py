@@ -112,17 +112,19 @@ def ptb_jobs(out: Path, data: Path, scale: float) -> List[Job]:
     return jobs
 
 
-def lottery_jobs(out: Path, data: Path, names: Sequence[str] = LOTTERY_METHODS) -> List[Job]:
+def lottery_jobs(out: Path, data: Path, names: Sequence[str] = LOTTERY_METHODS,
+                 seeds: Sequence[int] = tuple(range(LOTTERY_SEEDS)),
+                 sparsities: Sequence[float] = LOTTERY_SPARSITIES) -> List[Job]:
     import lottery_mnist as L
 
     jobs = []
-    for seed in range(LOTTERY_SEEDS):
-        for s in LOTTERY_SPARSITIES:
+    for seed in seeds:
+        for s in sparsities:
             args = argparse.Namespace(dataset="mnist", data_dir=str(data), sparsity=s,
                                       out_dir=str(out / "lottery"), seed=seed)
             table = L.methods(LOTTERY_EPOCHS)
             for name in names:
-                if name == "dense" and s != LOTTERY_SPARSITIES[0]:
+                if name == "dense" and s != sparsities[0]:
                     continue  # dense does not depend on the sparsity
                 method, extra = table[name]
                 cfg = L.config_of(args, method, extra)
@@ -155,7 +157,7 @@ def build_queue(blocks: Sequence[str], out: Path, data: Path, args) -> List[Job]
         "core_full": lambda: core_jobs(out, data, ("static", "set", "rigl", "rigl_erk", "gmp", "dense")),
         "rigl5x": lambda: core_jobs(out, data, ("rigl_5x",)),
         "ptb": lambda: ptb_jobs(out, data, args.ptb_scale),
-        "lottery": lambda: lottery_jobs(out, data),
+        "lottery": lambda: lottery_jobs(out, data, seeds=args.lottery_seeds, sparsities=args.lottery_sparsities),
         "lottery_imp": lambda: lottery_jobs(out, data, ("IMP",)),
         "lottery_rest": lambda: lottery_jobs(out, data, [m for m in LOTTERY_METHODS if m != "IMP"]),
         "fashion_lr": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs),
@@ -254,6 +256,10 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu", help="cpu or cuda (train.device of every run)")
     p.add_argument("--ptb-scale", type=float, default=0.25, help="fraction of the PTB config's 4 epochs")
     p.add_argument("--fashion-scale", type=float, default=0.1, help="fraction of the LeNet-5 config's 20 epochs")
+    p.add_argument("--lottery-seeds", type=lambda s: tuple(int(x) for x in s.split(",")),
+                   default=tuple(range(LOTTERY_SEEDS)), help="seeds of the lottery block (default 0,1,2)")
+    p.add_argument("--lottery-sparsities", type=lambda s: tuple(float(x) for x in s.split(",")),
+                   default=LOTTERY_SPARSITIES, help="sparsities of the lottery block (default 0.9,0.95,0.98)")
     p.add_argument("--lrs", type=lambda s: tuple(float(x) for x in s.split(",")), default=LRS)
     p.add_argument("--claims", help="a folder shared with a concurrent invocation over the same runs: each "
                    "run goes to whichever queue reaches it first")
