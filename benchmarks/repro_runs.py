@@ -19,7 +19,7 @@ Blocks (each an ordinary set of ``sparsetrain train`` runs, written to ``OUT/<bl
 * ``fashion_lr``: Fashion-MNIST LeNet-5 (configs/fashion_lenet5.toml at ``--fashion-scale``)
   at 95/98 % with 10,000 training images held out for validation (``data.val_size``):
   Static, SET, RigL, GMP and Dense over the learning rates ``--lrs`` (no warm-up), 5 seeds, seed
-  by seed. The learning rate is chosen per setting on validation accuracy (benchmarks/results.py
+  by seed. The learning rate is chosen per setting on validation accuracy (benchmarks/results_report.py
   does that).
 
 Jobs go to ``--jobs`` worker processes with one torch thread each, in queue order (most

@@ -379,9 +379,10 @@ def landscape_section(path: Path) -> List[str]:
     barrier = max(losses) - max(losses[0], losses[-1])
     v = "confirmed" if barrier > 0.01 * max(losses[0], 1e-8) else "not confirmed"
     return ["## 5. Loss landscape (RigL paper §5): Static → RigL started from the Static solution", "",
-            "MNIST LeNet-300-100 at 90 %, uniform, one seed, a tenth of the config's epochs; raw curve: "
-            "docs/results/landscape_mnist_static_to_rigl.json (written by benchmarks/results.py with the "
-            "figure below).", "", "![landscape](results/landscape_mnist_static_to_rigl.png)", "",
+            "MNIST LeNet-300-100 at 90 %, uniform, one seed, a tenth of the config's epochs (the scale-0.1 "
+            "grid of the previous version of this page). Its run directories are gone; what is traceable is "
+            "the curve, docs/results/landscape_mnist_static_to_rigl.json, written by benchmarks/results.py "
+            "together with the figure below.", "", "![landscape](results/landscape_mnist_static_to_rigl.png)", "",
             f"Train loss at Static {losses[0]:.4f}, at RigL {losses[-1]:.4f}, highest on the line "
             f"{max(losses):.4f} (barrier {barrier:+.4f}): a barrier between them → {v} (one seed: a "
             "description, not a test).", ""]
