@@ -395,13 +395,14 @@ def summary_rows(groups: Sequence[Tuple[str, Sequence[Verdict]]]) -> List[List[s
             by_claim.setdefault(v.claim.name, []).append(v)
         for name, cvs in by_claim.items():
             c = cvs[0].claim
-            ours = "; ".join(f"{v.where}: {v.ci}" for v in cvs if v.ci != "–") or "–"
+            ours = "; ".join(f"{v.where}: {v.ci} (n={len(v.a)}/{len(v.b)})" for v in cvs if v.ci != "–") or "–"
             verdicts = "; ".join(f"{v.where}: {v.text}" for v in cvs)
             rows.append([name, c.paper or "–", setting, ours, verdicts])
     return rows
 
 
-SUMMARY_HEAD = ["claim", "paper's figure (A vs B)", "setting here", "ours: A − B [95 % CI] per sparsity", "verdict per sparsity"]
+SUMMARY_HEAD = ["claim", "paper's figure (A vs B)", "setting here", "ours: A − B [95 % CI] (seeds of A/B) per sparsity",
+                "verdict per sparsity"]
 
 
 def total_compute(data: Path, blocks: Sequence[str]) -> List[str]:
@@ -453,8 +454,8 @@ def build(data: Path = DATA, docs: Path = DOCS, make_figs: bool = False) -> str:
     fas, fas_v = fashion_section(blocks["fashion_lr"])
     core, ptb, lot = (_or_plan(x, b, blocks[b]) for x, b in ((core, "core_full"), (ptb, "ptb"), (lot, "lottery")))
     summary = table(SUMMARY_HEAD, summary_rows([
-        ("MNIST LeNet-300-100, 20 epochs, 5 seeds", core_v), ("PTB LSTM", ptb_v),
-        ("MNIST LeNet-300-100 lottery, 3 seeds", lot_v), ("Fashion-MNIST LeNet-5, lr chosen on validation", fas_v)]))
+        ("MNIST LeNet-300-100, 20 epochs (§1)", core_v), ("PTB LSTM (§2)", ptb_v),
+        ("MNIST LeNet-300-100, lottery recipe (§3)", lot_v), ("Fashion-MNIST LeNet-5, lr chosen on validation (§4)", fas_v)]))
     commentary = COMMENTARY.read_text() if COMMENTARY.is_file() else ""
     lines = ["# Results: does it reproduce?", "",
              "<!-- Generated from committed records by benchmarks/results_report.py; do not edit by hand: "
