@@ -305,13 +305,15 @@ def extract_records(root: Path, machine: str, records: Path = RECORDS, prefix: s
     return written
 
 
-def write_page(figures: bool = False) -> Path:
-    """docs/results.md (and its figures) from the records alone (benchmarks/results_report.py)."""
+def write_page(figures: bool = False, docs: Path = ROOT / "docs") -> Path:
+    """``docs``/results.md (and its figures) from the records in ``docs``/results/data alone
+    (benchmarks/results_report.py)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import results_report
 
-    out = ROOT / "docs" / "results.md"
-    out.write_text(results_report.build(make_figs=figures))
+    out = docs / "results.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(results_report.build(docs / "results" / "data", docs, make_figs=figures))
     return out
 
 
@@ -390,8 +392,8 @@ def main(argv=None) -> int:
     for n in notes + [f"failed run: {f}" for f in failed]:
         log.warning(n)
     # this grid's records are kept apart (scale in the name); the page shows the blocks of repro_runs.py
-    extract_records(plan.runs_dir, this_machine(), prefix=f"scale{plan.scale:g}_")
-    log.info("wrote %s in %.1f min (%d failed runs)", write_page(True), (time.time() - t0) / 60, len(failed))
+    extract_records(plan.runs_dir, this_machine(), plan.docs / "results" / "data", prefix=f"scale{plan.scale:g}_")
+    log.info("wrote %s in %.1f min (%d failed runs)", write_page(True, plan.docs), (time.time() - t0) / 60, len(failed))
     return 1 if failed else 0
 
 
