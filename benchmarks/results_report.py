@@ -51,7 +51,7 @@ def _pct(x: Optional[float]) -> Optional[float]:
     return None if x is None else 100.0 * x
 
 
-#: metric name -> (reader of a run's summary, higher is better, unit shown)
+#: metric name -> (reader of a run's summary, whether higher is better); accuracies in percent
 METRICS: Dict[str, Tuple[Callable[[dict], Optional[float]], bool]] = {
     "test_accuracy": (lambda s: _pct(_dig(s, "final", "test", "accuracy")), True),
     "val_accuracy": (lambda s: _pct(_dig(s, "final", "val", "accuracy")), True),
