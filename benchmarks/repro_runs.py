@@ -203,10 +203,12 @@ def mirror(job: Job, out: Path, to: Path) -> None:
 _CLAIMS: Optional[Path] = None
 
 
-def _init(threads: int, claims: Optional[str]) -> None:
-    import torch
+def _init(threads: int, claims: Optional[str], parent: int) -> None:
+    """Each worker: the sweep module's worker set-up (torch threads, dies with ``parent``, stops
+    cleanly on SIGTERM/SIGINT), and the claims folder."""
+    from sparsetrain.experiments.sweep import _init_worker
     global _CLAIMS
-    torch.set_num_threads(threads)
+    _init_worker(threads, parent)
     _CLAIMS = Path(claims) if claims else None
 
 
@@ -298,7 +300,7 @@ def main(argv=None) -> int:
     import multiprocessing
     t0, failed, done = time.time(), 0, 0
     with ProcessPoolExecutor(max_workers=a.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_init, initargs=(a.threads, a.claims)) as pool:
+                             initializer=_init, initargs=(a.threads, a.claims, os.getpid())) as pool:
         pending = {pool.submit(do_job, j): j for j in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
