@@ -163,9 +163,9 @@ def build_queue(blocks: Sequence[str], out: Path, data: Path, args) -> List[Job]
         "lottery_imp": lambda: lottery_jobs(out, data, ("IMP",)),
         "lottery_rest": lambda: lottery_jobs(out, data, [m for m in LOTTERY_METHODS if m != "IMP"]),
         "fashion_lr": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs),
-        # the part of fashion_lr that a 2-core machine affords: RigL and Static at 98 %, 3 seeds
+        # the part of fashion_lr that a 2-core machine affords: RigL and Static at 98 %
         "fashion_lr_small": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs, ("rigl", "static"),
-                                                 (0.98,), seeds=3, dense=False),
+                                                 (0.98,), seeds=args.fashion_seeds, dense=False),
     }
     unknown = [b for b in blocks if b not in makers]
     if unknown:
@@ -267,6 +267,7 @@ def main(argv=None) -> int:
                    default=tuple(range(LOTTERY_SEEDS)), help="seeds of the lottery block (default 0,1,2)")
     p.add_argument("--lottery-sparsities", type=lambda s: tuple(float(x) for x in s.split(",")),
                    default=LOTTERY_SPARSITIES, help="sparsities of the lottery block (default 0.9,0.95,0.98)")
+    p.add_argument("--fashion-seeds", type=int, default=3, help="seeds 0..N-1 of fashion_lr_small (default 3)")
     p.add_argument("--lrs", type=lambda s: tuple(float(x) for x in s.split(",")), default=LRS)
     p.add_argument("--claims", help="a folder shared with a concurrent invocation over the same runs: each "
                    "run goes to whichever queue reaches it first")

@@ -12,7 +12,7 @@ repro = importlib.util.module_from_spec(_spec)
 sys.modules[_spec.name] = repro
 _spec.loader.exec_module(repro)
 
-ARGS = argparse.Namespace(ptb_scale=0.25, fashion_scale=0.1, lrs=(0.1, 0.03, 0.01),
+ARGS = argparse.Namespace(ptb_scale=0.25, fashion_scale=0.1, lrs=(0.1, 0.03, 0.01), fashion_seeds=3,
                           lottery_seeds=(0, 1, 2), lottery_sparsities=(0.9, 0.95, 0.98))
 
 
