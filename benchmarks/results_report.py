@@ -340,7 +340,8 @@ def fashion_section(runs) -> Tuple[List[str], List[Verdict]]:
                 t = values(runs, {M: m, S: s, "optim.lr": lr}, "test_accuracy")
                 dead = sum(x <= COLLAPSE for x in t)
                 cells.append(mean_sd(v) + (f", {dead} collapsed" if dead else ""))
-            search.append([f"{lab} {s:g}"] + cells)
+            if any(c != "–" for c in cells):
+                search.append([f"{lab} {s:g}"] + cells)
             if (m, s) in chosen:
                 lr = chosen[(m, s)]
                 t = values(runs, {M: m, S: s, "optim.lr": lr}, "test_accuracy")
