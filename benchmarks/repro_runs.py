@@ -136,13 +136,13 @@ def lottery_jobs(out: Path, data: Path, names: Sequence[str] = LOTTERY_METHODS,
 
 def fashion_jobs(out: Path, data: Path, scale: float, lrs: Sequence[float],
                  methods: Sequence[str] = FASHION_METHODS, sparsities: Sequence[float] = FASHION_SPARSITIES,
-                 seeds: int = FASHION_SEEDS, dense: bool = True) -> List[Job]:
+                 seeds: int = FASHION_SEEDS, dense: bool = True, extra: Sequence[str] = ()) -> List[Job]:
     import results as R
     from sparsetrain.experiments.sweep import expand
 
     plan = R.Plan(scale=scale, sparsities=tuple(sparsities))
     cfg = R.base_config(R.SETTINGS["fashion_lenet5"], plan, out / "fashion_lr", data)
-    cfg = _with(cfg, f"data.val_size={FASHION_VAL}", "train.eval_every=0")  # evaluate once per epoch
+    cfg = _with(cfg, f"data.val_size={FASHION_VAL}", "train.eval_every=0", *extra)  # evaluate once per epoch
     points = [R._variant("dense", "dense", 0.0)] if dense else []
     points += [R._variant(m, m, s) for s in sparsities for m in methods]
     jobs = []
@@ -166,6 +166,10 @@ def build_queue(blocks: Sequence[str], out: Path, data: Path, args) -> List[Job]
         # the part of fashion_lr that a 2-core machine affords: RigL and Static at 98 %
         "fashion_lr_small": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs, ("rigl", "static"),
                                                  (0.98,), seeds=args.fashion_seeds, dense=False),
+        # the same with the 10-way output layer kept dense (at 98 % uniform it keeps 17 weights)
+        "fashion_dense_last": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs, ("rigl", "static"),
+                                                   (0.98,), seeds=args.fashion_seeds, dense=False,
+                                                   extra=("sparsity.dense_last=true",)),
     }
     unknown = [b for b in blocks if b not in makers]
     if unknown:
