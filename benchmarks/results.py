@@ -1,17 +1,19 @@
-"""Reproduce docs/results.md: the RigL paper's claims checked on MNIST / Fashion-MNIST / PTB.
+"""Records and page of docs/results.md, and the small-scale grids of the RigL paper's claims.
 
-    python benchmarks/results.py --scale 0.1 --seeds 3 --jobs 2        # the documented run
-    python benchmarks/results.py --estimate --scale 0.1 --seeds 3 --jobs 2   # time it first
-    python benchmarks/results.py --smoke                                 # end-to-end check, minutes
+    PYTHONPATH=src python benchmarks/results.py --report-only [--figures]   # the page from docs/results/data/
+    PYTHONPATH=src python benchmarks/results.py --extract RUNS_ROOT --machine TEXT   # record runs, rebuild the page
+    PYTHONPATH=src python benchmarks/results.py --scale 0.1 --seeds 3 --jobs 2       # run the small grids
+    PYTHONPATH=src python benchmarks/results.py --estimate --scale 0.1 --seeds 3 --jobs 2
 
-Everything is an ordinary sweep (:mod:`sparsetrain.experiments.sweep`) over the configs in
-configs/, so the script is idempotent: rerun it and finished runs are skipped, interrupted ones
-resume. Run directories go to ``--runs-dir`` (default runs/results); the report (tables, plots,
-claim verdicts) is rebuilt from them alone into docs/results.md and docs/results/.
+docs/results.md is generated only from the committed records docs/results/data/<block>.jsonl (one
+line per finished run; :mod:`sparsetrain.reports.record`) by benchmarks/results_report.py, which
+also states the claims, their margins and the test. ``--extract`` turns run directories (e.g. those
+of benchmarks/repro_runs.py: RUNS_ROOT/core_full, ptb, lottery, fashion_lr) into records.
 
-``--scale`` multiplies every config's training length (configs: 20 epochs for the MNIST-size
-settings, 4 epochs for PTB). Experiments (Evci et al., "Rigging the Lottery: Making All Tickets
-Winners", ICML 2020):
+Running (without ``--report-only``/``--extract``) is an ordinary sweep
+(:mod:`sparsetrain.experiments.sweep`) over the configs in configs/, idempotent: finished runs are
+skipped, interrupted ones resume. ``--scale`` multiplies every config's training length (20 epochs
+for the MNIST-size settings, 4 for PTB). Experiments (Evci et al., ICML 2020):
 
 * main: per setting and sparsity in {80, 90, 95, 98}%: Dense, Static, SET, SNFS, RigL (uniform
   and ERK), gradual magnitude pruning (GMP), Small-Dense, RigL 2× and 5×, and RigL uniform at the
@@ -20,18 +22,13 @@ Winners", ICML 2020):
 * ptb: word-level PTB LSTM at 75%: Dense, Static, SET, SNFS, RigL, GMP;
 * landscape: Static, then RigL started from the Static solution, and the loss on the line between them (§5).
 
-Verdict rule for a claim "A beats B": confirmed when mean(A) − mean(B) exceeds std(A) + std(B)
-(seed spreads), not confirmed when B beats A by that margin, inconclusive otherwise (and always
-with fewer than two seeds). For "A ≥ B" (extended RigL closing the gap to pruning) a difference
-within the spread also confirms, but only while that spread is at most 2 accuracy points: with
-seeds that diverged (spreads of tens of points) "within the spread" says nothing, so it is
-inconclusive.
+Their records go to docs/results/data/scale<S>_<experiment>.jsonl (kept apart from the full-scale
+blocks the page shows) and the landscape curve to docs/results/landscape_mnist_static_to_rigl.json.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import time
@@ -88,12 +85,12 @@ class Plan:
 
 
 # --- configs ------------------------------------------------------------------------------------
-def base_config(setting: Setting, plan: Plan, out_dir: Path):
+def base_config(setting: Setting, plan: Plan, out_dir: Path, data: Path = DATA):
     """The setting's RunConfig at the plan's scale (or its own), writing under ``out_dir``."""
     from sparsetrain.config import load_config
 
     cfg = load_config(str(ROOT / setting.config), setting.overrides + (
-        f"out_dir={out_dir}", f"data.root={DATA}", "train.progress=off"))
+        f"out_dir={out_dir}", f"data.root={data}", "train.progress=off"))
     scale = plan.setting_scale.get(setting.name, plan.scale)
     return load_config(base=_to_dict(cfg), overrides=(f"train.epochs={cfg.train.epochs * scale}",))
 
@@ -287,248 +284,43 @@ def estimate(exps: Sequence[Experiment], plan: Plan, overhead_s: float = 4.0) ->
     return "\n".join(lines)
 
 
-# --- claims -------------------------------------------------------------------------------------
-def pick(groups, **where):
-    """The single group whose config matches ``where`` (dotted keys given with __ for .)."""
-    conds = {k.replace("__", "."): v for k, v in where.items()}
-    hits = [g for g in groups if all(_same(g.get(k), v) for k, v in conds.items())]
-    return hits[0] if hits else None
+# --- records and the page -------------------------------------------------------------------------
+RECORDS = ROOT / "docs" / "results" / "data"
 
 
-def _same(a, b) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return abs(float(a) - float(b)) < 1e-6
-        except (TypeError, ValueError):
-            return False
-    return a == b
+def extract_records(root: Path, machine: str, records: Path = RECORDS, prefix: str = "") -> List[str]:
+    """Records (docs/results/data/<prefix><folder>.jsonl) of the finished runs in every folder
+    of ``root`` that holds runs (e.g. core_full, ptb, lottery, fashion_lr from
+    benchmarks/repro_runs.py); existing records of other runs stay. Returns the files written."""
+    from sparsetrain.reports.record import extract, write_records
+
+    written = []
+    for folder in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        recs = extract(folder, machine)
+        if recs:
+            path = records / f"{prefix}{folder.name}.jsonl"
+            n = write_records(recs, path)
+            log.info("%s: %d runs from %s (%d in the file)", path, len(recs), folder, n)
+            written.append(str(path))
+    return written
 
 
-#: widest seed spread (std(A) + std(B)) at which "A ≥ B within the spread" still confirms: 2 points
-AT_LEAST_MAX_BAND = 0.02
+def write_page(figures: bool = False, docs: Path = ROOT / "docs") -> Path:
+    """``docs``/results.md (and its figures) from the records in ``docs``/results/data alone
+    (benchmarks/results_report.py)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import results_report
 
-
-def verdict(a, b, metric: str = "test_accuracy", higher: bool = True, at_least: bool = False) -> str:
-    """Claim "a beats b" on ``metric`` by the seed-spread rule of the module docstring. With
-    ``at_least`` the claim is "a is no worse than b" (a gap closed): within the spread confirms it
-    when the spread is at most ``AT_LEAST_MAX_BAND`` (in the metric's units)."""
-    if a is None or b is None or metric not in a.stats or metric not in b.stats:
-        return "not run"
-    sa, sb = a.stats[metric], b.stats[metric]
-    if min(sa.n, sb.n) < 2:
-        return "inconclusive (1 seed)"
-    diff = (sa.mean - sb.mean) * (1 if higher else -1)
-    band = sa.std + sb.std
-    if -diff > band:
-        return "not confirmed"
-    if diff > band:
-        return "confirmed"
-    if at_least:
-        return "confirmed" if band <= AT_LEAST_MAX_BAND else "inconclusive (seed spread too large)"
-    return "inconclusive"
-
-
-def _cell(g, metric: str = "test_accuracy") -> str:
-    from sparsetrain.reports.tables import show_stat
-    return "–" if g is None or metric not in g.stats else f"{show_stat(metric, g.stats[metric])} (n={g.n})"
-
-
-def _rigl(groups, s, **extra):
-    return pick(groups, sparsity__method="rigl", sparsity__sparsity=s, train__multiplier=extra.pop("m", 1.0),
-                sparsity__distribution=extra.pop("d", "uniform"), **extra)
-
-
-def claim_rows(groups, sparsities, eq_flops: Dict[float, Optional[float]]) -> List[Tuple[str, str, str, str, str]]:
-    """(claim, sparsity, A, B, verdict) rows of the main-experiment claims for one setting;
-    ``eq_flops``: sparsity -> the uniform sparsity with ERK's FLOPs (absent: equal already;
-    None: unreachable)."""
-    rows = []
-    for s in sparsities:
-        rigl, erk = _rigl(groups, s), _rigl(groups, s, d="erk")
-        st = {m: pick(groups, sparsity__method=m, sparsity__sparsity=s) for m in ("static", "set", "snfs", "gmp")}
-        pairs = [("RigL > SET", rigl, st["set"]), ("RigL > Static", rigl, st["static"]),
-                 ("SET > Static", st["set"], st["static"]), ("RigL > SNFS", rigl, st["snfs"]),
-                 ("ERK > uniform (equal params)", erk, rigl),
-                 ("RigL 2× ≥ GMP", _rigl(groups, s, m=2.0), st["gmp"]),
-                 ("RigL 5× ≥ GMP", _rigl(groups, s, m=5.0), st["gmp"])]
-        untestable = []
-        if s in eq_flops and eq_flops[s] is None:
-            untestable.append(("ERK > uniform (equal FLOPs)", f"{s:g}", _cell(erk), "–",
-                               "not testable: uniform (dense first layer) cannot get down to ERK's FLOPs"))
-        elif s in eq_flops:
-            pairs.append((f"ERK > uniform (equal FLOPs: uniform at {eq_flops[s]:g})", erk, _rigl(groups, eq_flops[s])))
-        else:  # all-FC models: FLOPs follow the nonzeros, so equal params already means equal FLOPs
-            pairs[4] = ("ERK > uniform (equal params = equal FLOPs)", erk, rigl)
-        rows += [(name, f"{s:g}", _cell(a), _cell(b), verdict(a, b, at_least="≥" in name)) for name, a, b in pairs]
-        rows += untestable
-    return rows
-
-
-def flops_rows(groups, sparsities) -> List[Tuple[str, str, str]]:
-    """RigL vs SNFS training FLOPs (× dense), measured by the runs' FLOPs meter."""
-    rows = []
-    for s in sparsities:
-        r, n = _rigl(groups, s), pick(groups, sparsity__method="snfs", sparsity__sparsity=s)
-        if r and n and "train_flops_ratio" in r.stats and "train_flops_ratio" in n.stats:
-            a, b = r.stats["train_flops_ratio"].mean, n.stats["train_flops_ratio"].mean
-            rows.append((f"{s:g}", f"{a:.4f}", f"{b:.4f}", "confirmed" if a < b else "not confirmed"))
-    return rows
-
-
-def _table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    out = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(out) + "\n"
-
-
-def sensitivity_table(groups) -> str:
-    """Accuracy (mean ± std) pivoted over ΔT (rows) × α (columns)."""
-    rows = []
-    for d in DELTA_TS:
-        cells = []
-        for a in ALPHAS:
-            g = next((g for g in groups if _options(g).get("delta_t") == d and _same(_options(g).get("alpha"), a)), None)
-            cells.append(_cell(g))
-        rows.append([f"ΔT={d}"] + cells)
-    return _table(["", *(f"α={a}" for a in ALPHAS)], rows)
-
-
-def _options(g) -> Dict[str, Any]:
-    """The method options of a report group (flattened to sparsity.options.<name> there)."""
-    prefix = "sparsity.options."
-    return {k[len(prefix):]: v for k, v in g.config.items() if k.startswith(prefix)}
-
-
-def sensitivity_updates_note(root: Path) -> str:
-    """How many mask updates each ΔT really made (RigL counts one dense-gradient step per
-    update): at this scale a large ΔT may start after T_end, i.e. train as Static."""
-    from sparsetrain.reports import load_runs
-    seen: Dict[int, int] = {}
-    for r in load_runs(root) if root.is_dir() else []:
-        if r.summary:
-            seen.setdefault(r.config.get("sparsity.options.delta_t"), r.summary.get("train_flops_dense_grad_steps", 0))
-    parts = [f"ΔT={d}: {n}" for d, n in sorted(seen.items()) if d is not None]
-    return "Mask updates per run (dense-gradient steps): " + ", ".join(parts) + (
-        ". A ΔT whose first update (step ΔT) falls after T_end makes none, so its row is Static." if
-        any(n == 0 for n in seen.values()) else ".")
-
-
-def sensitivity_verdict(groups) -> str:
-    """Paper: ΔT=100 with α=0.3 or 0.5 is best. Confirmed if the best cell is one of those,
-    inconclusive if it beats them only within the seed spread, not confirmed otherwise."""
-    scored = [g for g in groups if "test_accuracy" in g.stats]
-    if not scored:
-        return "not run"
-    best = max(scored, key=lambda g: g.stats["test_accuracy"].mean)
-    refs = [g for g in scored if _options(g).get("delta_t") == 100 and any(_same(_options(g).get("alpha"), a) for a in (0.3, 0.5))]
-    if best in refs:
-        v = "confirmed"
-    elif not refs:
-        v = "not run"
-    else:
-        v = "not confirmed" if all(verdict(best, r) == "confirmed" for r in refs) else "inconclusive"
-    o = _options(best)
-    return f"best ΔT={o.get('delta_t')}, α={o.get('alpha')}: {_cell(best)} → {v}"
-
-
-def landscape_verdict(curve: Optional[Dict[str, Any]]) -> str:
-    """Paper §5: a loss barrier separates the Static solution from the RigL solution."""
-    if not curve:
-        return "not run"
-    losses = curve["train_loss"]
-    barrier = max(losses) - max(losses[0], losses[-1])
-    v = "confirmed" if barrier > 0.01 * max(losses[0], 1e-8) else "not confirmed"
-    return (f"train loss Static {losses[0]:.4f}, RigL {losses[-1]:.4f}, max on the line {max(losses):.4f} "
-            f"(barrier {barrier:+.4f}) → {v}")
-
-
-# --- the document ----------------------------------------------------------------------------------
-MAIN_METRICS = ("test_accuracy", "achieved_sparsity", "train_flops_ratio", "inference_flops_ratio")
-PTB_METRICS = ("test_perplexity", "achieved_sparsity", "train_flops_ratio")
-
-
-def _section(title: str, groups, figs_dir: Path, docs: Path, metrics, sparsities=(0.9,)) -> List[str]:
-    from sparsetrain.reports import figures_for, markdown_table
-
-    lines = [f"### {title}", "", markdown_table(groups, metrics=metrics)]
-    for t, p in figures_for(groups, figs_dir, sparsities=sparsities):
-        lines += [f"![{t}]({p.relative_to(docs).as_posix()})", ""]
-    return lines
-
-
-def _groups(path: Path):
-    from sparsetrain.reports import group_runs, load_runs
-    return group_runs(load_runs(path)) if path.is_dir() else []
-
-
-def _total_compute(root: Path) -> float:
-    from sparsetrain.reports import load_runs
-    return sum(r.summary.get("wall_time_s", 0.0) for r in load_runs(root) if r.finished) if root.is_dir() else 0.0
-
-
-def write_results(plan: Plan, exps: Sequence[Experiment], notes: List[str], curve, command: str,
-                  elapsed_s: float = 0.0) -> Path:
-    """docs/results.md from the run directories alone (plus the landscape curve)."""
-    docs, figs = plan.docs, plan.docs / "results"
-    verdicts: List[str] = []
-    lines = ["# Results: the RigL paper's claims at small scale", "",
-             f"Regenerate with `{command}` (idempotent: finished runs are reused). "
-             "Accuracies in percent, mean ± sample std over seeds (n seeds). "
-             "Verdict rule: *A > B* is confirmed when mean(A) − mean(B) > std(A) + std(B), "
-             "not confirmed when the reverse holds, inconclusive otherwise; *A ≥ B* is also "
-             "confirmed within the spread when the spread is at most 2 points. One seed is always "
-             "inconclusive.", ""]
-    lines += ["## Methods at equal sparsity", ""]
-    for name in plan.settings:
-        groups = _groups(plan.runs_dir / name)
-        if not groups:
-            continue
-        lines += _section(SETTINGS[name].title, groups, figs / name, docs, MAIN_METRICS)
-        eq = next((e.eq_flops for e in exps if e.name == name), {})
-        rows = claim_rows(groups, plan.sparsities, eq)
-        lines += [f"Claims, {SETTINGS[name].title}:", "", _table(["claim", "sparsity", "A", "B", "verdict"], rows)]
-        verdicts += [f"{SETTINGS[name].title}, {r[1]}: {r[0]} — {r[4]}" for r in rows]
-        fr = flops_rows(groups, plan.sparsities)
-        if fr:
-            lines += ["RigL's training FLOPs below SNFS's (× dense training, measured):", "",
-                      _table(["sparsity", "RigL", "SNFS", "verdict"], fr)]
-            verdicts += [f"{SETTINGS[name].title}, {r[0]}: RigL FLOPs < SNFS FLOPs — {r[3]}" for r in fr]
-    sens = _groups(plan.runs_dir / "sensitivity")
-    if sens:
-        v = sensitivity_verdict(sens)
-        lines += ["## Sensitivity to ΔT and α (RigL, MNIST LeNet-300-100, 90%, uniform)", "",
-                  sensitivity_table(sens), sensitivity_updates_note(plan.runs_dir / "sensitivity"), "",
-                  f"Paper: ΔT=100 with α=0.3 or 0.5 is best. Here: {v}.", ""]
-        verdicts.append(f"ΔT/α sensitivity — {v}")
-    ptb = _groups(plan.runs_dir / "ptb")
-    if ptb:
-        lines += ["## Language model (PTB, LSTM, 75%)", ""] + _section(PTB.title, ptb, figs / "ptb", docs, PTB_METRICS, (PTB_SPARSITY,))
-        rigl = pick(ptb, sparsity__method="rigl")
-        for m in ("static", "set", "snfs", "gmp"):
-            v = verdict(rigl, pick(ptb, sparsity__method=m), "test_perplexity", higher=False)
-            verdicts.append(f"PTB 75%: RigL perplexity < {m} — {v}")
-    if curve:
-        v = landscape_verdict(curve)
-        png = figs / "landscape_mnist_static_to_rigl.png"
-        lines += ["## Loss landscape (§5): Static → RigL started from Static", "",
-                  f"![landscape]({png.relative_to(docs).as_posix()})", "", f"{v}.", ""]
-        verdicts.append(f"Static→RigL loss barrier — {v}")
-    hours = _total_compute(plan.runs_dir) / 3600
-    lines += ["## Lottery tickets: Gem-Miner vs IMP vs pruning at init", "",
-              "Ticket accuracy, time-to-ticket (epochs, wall time, training FLOPs) and the sanity checks "
-              "of IMP, Gem-Miner, edge-popup, SNIP, GraSP, SynFlow and random masks on MNIST "
-              "LeNet-300-100 at 95% are in [lottery.md](lottery.md), produced by "
-              "`python benchmarks/lottery_mnist.py --data-dir ../shared/data`.", ""]
-    lines += ["## Closing note", "", f"Total compute: {hours:.2f} run-hours, the sum of every run's own wall "
-              f"time (runs went {plan.jobs} at a time on this machine; scale {plan.scale:g}"
-              + "".join(f", {k} {v:g}" for k, v in plan.setting_scale.items()) + f", seeds {plan.seeds}); "
-              f"the last invocation of the script took {elapsed_s / 60:.1f} min.", ""]
-    lines += [f"- {v}" for v in verdicts] + [""]
-    if notes:
-        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     out = docs / "results.md"
-    out.write_text("\n".join(lines))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(results_report.build(docs / "results" / "data", docs, make_figs=figures))
     return out
+
+
+def this_machine() -> str:
+    import os
+    import platform
+    return f"{platform.node() or 'this machine'}, {os.cpu_count()} CPU cores"
 
 
 # --- command line -----------------------------------------------------------------------------------
@@ -550,7 +342,11 @@ def parse_args(argv=None) -> Tuple[Plan, argparse.Namespace]:
     p.add_argument("--runs-dir", default=str(ROOT / "runs" / "results"))
     p.add_argument("--docs", default=str(ROOT / "docs"), help="where results.md and results/ go")
     p.add_argument("--estimate", action="store_true", help="print the expected runtime; run nothing")
-    p.add_argument("--report-only", action="store_true", help="rebuild the document from existing runs")
+    p.add_argument("--report-only", action="store_true", help="rebuild docs/results.md from the committed records")
+    p.add_argument("--figures", action="store_true", help="with --report-only: redraw the figures too")
+    p.add_argument("--extract", metavar="RUNS_ROOT", help="record the finished runs under RUNS_ROOT/<block>/ in "
+                   "docs/results/data/<block>.jsonl, then rebuild the page")
+    p.add_argument("--machine", help="with --extract: where those runs ran (free text, kept in every record)")
     p.add_argument("--smoke", action="store_true", help="tiny end-to-end check: scale 0.01, 1 seed, static and "
                    "rigl at 90%%, MNIST only, short PTB; writes to runs/smoke and /tmp unless --docs is given")
     a = p.parse_args(argv)
@@ -575,23 +371,29 @@ def parse_args(argv=None) -> Tuple[Plan, argparse.Namespace]:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     plan, args = parse_args(argv)
+    if args.extract:
+        if not args.machine:
+            print("error: --extract needs --machine TEXT (where the runs ran, e.g. '16-core CPU + H200')",
+                  file=sys.stderr)
+            return 2
+        extract_records(Path(args.extract), args.machine)
+    if args.extract or args.report_only:
+        log.info("wrote %s", write_page(args.figures))
+        return 0
     notes: List[str] = []
-    command = "python benchmarks/results.py " + " ".join(sys.argv[1:] if argv is None else argv)
     exps = build_experiments(plan, notes)
     if args.estimate:
         print(estimate(exps, plan))
         return 0
     t0 = time.time()
-    failed = [] if args.report_only else run_experiments(exps, plan)["failed"]
-    curve = None
-    saved = plan.docs / "results" / "landscape_mnist_static_to_rigl.json"
-    if plan.landscape and not args.report_only:
-        curve = run_landscape(plan)
-    elif plan.landscape and saved.exists():
-        curve = json.loads(saved.read_text())
-    notes += [f"failed run: {f}" for f in failed]
-    out = write_results(plan, exps, notes, curve, command.strip(), time.time() - t0)
-    log.info("wrote %s in %.1f min (%d failed runs)", out, (time.time() - t0) / 60, len(failed))
+    failed = run_experiments(exps, plan)["failed"]
+    if plan.landscape:
+        run_landscape(plan)
+    for n in notes + [f"failed run: {f}" for f in failed]:
+        log.warning(n)
+    # this grid's records are kept apart (scale in the name); the page shows the blocks of repro_runs.py
+    extract_records(plan.runs_dir, this_machine(), plan.docs / "results" / "data", prefix=f"scale{plan.scale:g}_")
+    log.info("wrote %s in %.1f min (%d failed runs)", write_page(True, plan.docs), (time.time() - t0) / 60, len(failed))
     return 1 if failed else 0
 
 

@@ -2,7 +2,9 @@
 
 ``write_report(runs_dir, out_dir)`` writes ``results.md``, ``results.csv`` and PNG plots under
 ``out_dir/plots``; ``sparsetrain report RUNS_DIR --out DIR`` is the same from the command line.
-Plots need the optional ``plots`` extra (matplotlib).
+Plots need the optional ``plots`` extra (matplotlib). :mod:`.record` turns run directories into
+compact committable records (JSON Lines) that the same tables and plots read;
+:mod:`.stats` decides "A beats B" claims over seeds (Welch's test, ``stats`` extra: scipy).
 """
 from __future__ import annotations
 
