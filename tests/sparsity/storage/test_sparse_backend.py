@@ -125,13 +125,17 @@ def test_csr_helpers():
 
 
 @pytest.mark.parametrize("block", [1, 7, 64, 10_000])
-def test_streaming_topk_equals_topk_mask(block):
+@pytest.mark.parametrize("neg_inf", [0.0, 0.5])
+def test_streaming_topk_equals_topk_mask(block, neg_inf):
     g = torch.Generator().manual_seed(block)
     scores = torch.randint(0, 5, (600,), generator=g).float()     # many ties: the tie rule matters
     scores[::37] = float("nan")
+    # −∞ scores tie with the excluded entries inside a block: eligible ones must still be chosen
+    scores[torch.rand(600, generator=g) < neg_inf] = -float("inf")
     eligible = torch.rand(600, generator=g) < 0.7
-    for k in (0, 1, 13, int(eligible.sum())):
-        blocks = [(i, scores[i:i + block], eligible[i:i + block]) for i in range(0, 600, block)]
+    for k in (0, 1, 13, 150, int(eligible.sum()) - 1, int(eligible.sum())):
+        blocks = [(i, scores[i:i + block], torch.nonzero(~eligible[i:i + block]).squeeze(1))
+                  for i in range(0, 600, block)]
         got = streaming_topk(blocks, k)
         want = torch.nonzero(topk_mask(scores, k, eligible=eligible)).squeeze(1)
         assert torch.equal(got, want), k
