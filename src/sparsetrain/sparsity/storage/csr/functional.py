@@ -2,7 +2,7 @@
 
 With W (out × in) stored as CSR values v at pattern P:
 
-* forward:      yᵀ = W xᵀ                  ``torch.sparse.mm(W, xᵀ)``  (CSR × dense)
+* forward:      yᵀ = W xᵀ (+ b)            ``torch.sparse.mm(W, xᵀ)``  (CSR × dense; ``addmm`` with a bias)
 * input grad:   ∂L/∂xᵀ = Wᵀ (∂L/∂y)ᵀ       ``torch.sparse.mm(Wᵀ, gᵀ)`` with Wᵀ's CSR kept per topology
 * weight grad:  ∂L/∂v = ((∂L/∂y)ᵀ x)|_P    ``torch.sparse.sampled_addmm`` — only the nonzeros
 
@@ -89,10 +89,11 @@ class SparseLinearFunction(torch.autograd.Function):
         with record_function("sparse_linear.forward"):
             if pattern.kernel == "sparseprop":
                 y = _sparseprop_forward(x, values, pattern)
-            else:
+                y = y if bias is None else y + bias
+            elif bias is None:
                 y = torch.sparse.mm(pattern.matrix(values), x.T).T
-            if bias is not None:
-                y = y + bias
+            else:  # the bias initialises the output the product accumulates into: no second pass
+                y = torch.addmm(bias.unsqueeze(1), pattern.matrix(values), x.T).T
         ctx.save_for_backward(x, values)
         ctx.pattern, ctx.sink, ctx.has_bias = pattern, sink, bias is not None
         return y

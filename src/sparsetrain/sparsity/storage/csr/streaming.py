@@ -84,10 +84,13 @@ class _Buffer:
     def cut(self) -> Candidates:
         idx = torch.cat([p[0] for p in self.parts]) if self.parts else torch.zeros(0, dtype=torch.long)
         sc = torch.cat([p[1] for p in self.parts]) if self.parts else torch.zeros(0)
-        keep, kth = _shortlist(sc, torch.ones_like(sc, dtype=torch.bool), self.k)
-        self.parts, self.size = [(idx[keep], sc[keep])], int(keep.numel())
-        if kth is not None:
-            self.threshold = kth if self.threshold is None else max(self.threshold, kth)
+        if self.k == 0 or sc.numel() < self.k:
+            self.parts = [(idx, sc)]
+            return self.parts[0]
+        kth = float(torch.topk(sc, self.k, sorted=False).values.min())
+        keep = sc >= kth                           # the top-k and every entry tied with the k-th
+        self.parts, self.size = [(idx[keep], sc[keep])], int(keep.sum())
+        self.threshold = kth if self.threshold is None else max(self.threshold, kth)
         return self.parts[0]
 
 
