@@ -249,12 +249,14 @@ def time_group(model_name: str, sparsity: float, backends, opt_kind: str, rounds
                     raw[name]["infer"].append(time.perf_counter() - t0)
         loads.append(load.record)
     out = {"delta_t": delta_t, "rounds": loads, "runs": {n: summarise(raw[n]) for n in names}}
-    out["chosen"] = {}
-    for b in backends:   # each side at its faster zero_grad setting (median regular step)
-        best = min((f"{b}/{z}" for z in zero_grad), key=lambda n: out["runs"][n]["step_ms"])
-        out["chosen"][b] = best
-        out[b] = out["runs"][best]
+    out["chosen"] = choose_settings(out["runs"], backends, zero_grad)
+    out.update({b: out["runs"][n] for b, n in out["chosen"].items()})
     return out
+
+
+def choose_settings(runs: Dict[str, dict], backends, zero_grad) -> Dict[str, str]:
+    """Each backend at its faster zero_grad setting (lower median regular step): run names."""
+    return {b: min((f"{b}/{z}" for z in zero_grad), key=lambda n: runs[n]["step_ms"]) for b in backends}
 
 
 def _stats(v: List[float]) -> dict:
