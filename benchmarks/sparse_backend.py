@@ -408,13 +408,14 @@ def export_sizes(model_name: str, sparsity: float, tmp: str) -> dict:
 KERNEL_SHAPES = ((4096, 1024), (4096, 4096))   # (out, in): the wide MLP's first and inner layers
 
 
-def kernel_table(rounds: int, shapes=KERNEL_SHAPES, densities=(0.1, 0.05, 0.01), min_idle: float = 0.0) -> dict:
+def kernel_table(rounds: int, shapes=KERNEL_SHAPES, densities=(0.1, 0.05, 0.01), min_idle: float = 0.0,
+                 sparseprop: bool = True) -> dict:
     """Per-layer kernels, batch 128, interleaved: forward, input gradient, weight gradient, and
     the whole layer step (forward + both gradients), dense vs CSR variants. Each entry is the
     median of ``rounds`` in ms; "loads" records the machine's load over the rounds."""
     from sparsetrain.sparsity.storage.csr import SparseLinear
     from sparsetrain.sparsity.storage.csr.functional import sparseprop_backend
-    from sparsetrain.sparsity.storage.csr.indices import csr_tensor, row_ids, transpose
+    from sparsetrain.sparsity.storage.csr.indices import csr_tensor, row_ids
     out = {}
     for n_out, n in shapes:
         for d in densities:
@@ -428,15 +429,12 @@ def kernel_table(rounds: int, shapes=KERNEL_SHAPES, densities=(0.1, 0.05, 0.01),
             fns = {
                 "fwd dense (F.linear)": lambda: nn.functional.linear(x, w_dense),
                 "fwd csr sparse.mm(W, xT)": lambda: torch.sparse.mm(w_csr, x.T),
-                "fwd csr F.linear(x, W_csr)": lambda: nn.functional.linear(x, w_csr),
                 "fwd csr sparse.mm + bias": lambda: torch.sparse.mm(w_csr, x.T).T + b,
                 "fwd csr addmm(bias, W, xT)": lambda: torch.addmm(b.unsqueeze(1), w_csr, x.T).T,
                 "dx dense (g W)": lambda: g @ w_dense,
                 "dx csr cached Wt": lambda: torch.sparse.mm(wt, g.T),
-                "dx csr rebuild Wt": lambda: torch.sparse.mm(_rebuilt(layer, transpose), g.T),
                 "Wt values gather v[perm]": lambda: v[t.perm],
                 "Wt values index_select": lambda: torch.index_select(v, 0, t.perm),
-                "dx csr dense@csr (g W_csr)": lambda: torch.mm(g, w_csr),
                 "dW dense (gT x)": lambda: g.T @ x,
                 "dW csr sampled_addmm": lambda: torch.sparse.sampled_addmm(w_csr, g.T, x, beta=0.0),
             }
@@ -444,7 +442,7 @@ def kernel_table(rounds: int, shapes=KERNEL_SHAPES, densities=(0.1, 0.05, 0.01),
                 fns["dW csr gather (g[:,r]*x[:,c]).sum"] = lambda: (g.T[rows] * x.T[cols]).sum(1)
             fns["layer step dense"] = _layer_step(layer.to_linear(), x, g)
             fns["layer step csr"] = _layer_step(layer, x, g)
-            if sparseprop_backend() is not None:
+            if sparseprop and sparseprop_backend() is not None:
                 sp = SparseLinear(n, n_out, layer.flat_indices(), layer.values.detach(), layer.bias.detach())
                 sp.kernel = "sparseprop"
                 fns["layer step sparseprop"] = _layer_step(sp, x, g)
@@ -467,12 +465,6 @@ def _layer_step(module: nn.Module, x: torch.Tensor, g: torch.Tensor) -> Callable
         x.grad = None
         module(x).backward(g)
     return run
-
-
-def _rebuilt(layer, transpose_fn):
-    from sparsetrain.sparsity.storage.csr.indices import csr_tensor
-    t = transpose_fn(layer.crow_indices, layer.col_indices, layer.shape)
-    return csr_tensor(t.crow, t.row, layer.values.detach()[t.perm], (layer.in_features, layer.out_features))
 
 
 def _interleave(fns: Dict[str, Callable], rounds: int) -> Dict[str, float]:
@@ -728,7 +720,8 @@ def main(argv=None) -> None:
                "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                "timing": {}, "memory": {}, "export": {}}
     if args.kernel_rounds:
-        results["kernels"] = kernel_table(args.kernel_rounds, min_idle=args.min_idle)
+        results["kernels"] = kernel_table(args.kernel_rounds, min_idle=args.min_idle,
+                                          sparseprop="sparse-sp" in args.backends.split(","))
     results["profile"] = {}
     for m, s, b in (("wide", 0.95, "sparse"), ("wide", 0.99, "sparse"), ("wide", 0.99, "dense"))[:3 * args.profile]:
         wait_for_idle(args.min_idle, timeout=20)
