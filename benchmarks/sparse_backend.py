@@ -685,6 +685,25 @@ def _reconcile_md(r: dict) -> str:
                       "rest: sparse |", "|---|---|---|---|---|---|---|---|---|"] + out)
 
 
+def compare_md(before: dict, after: dict) -> str:
+    """Before/after table of two results files of the same protocol (same groups)."""
+    rows = ["| model @ sparsity | dense step ms before → after | sparse step ms before → after | speed-up before → after "
+            "(ratio of medians) | amortised ΔT=100 before → after | paired per round before → after | "
+            "sparse update step ms before → after |", "|---|---|---|---|---|---|---|"]
+    for key, a in after["timing"].items():
+        b = before["timing"].get(key)
+        if b is None or "chosen" not in b or "chosen" not in a:
+            continue
+        sp = lambda t, f="step_ms": t["dense"][f] / t["sparse"][f]  # noqa: E731
+        pb, pa = paired_ratios(b, "sparse"), paired_ratios(a, "sparse")
+        upd = lambda t: f"{t['sparse']['update_step_ms']:.0f}" if t["sparse"]["update_step_ms"] else "–"  # noqa: E731
+        rows.append(f"| {key} | {b['dense']['step_ms']:.1f} → {a['dense']['step_ms']:.1f} | "
+                    f"{b['sparse']['step_ms']:.1f} → {a['sparse']['step_ms']:.1f} | {sp(b):.2f}× → **{sp(a):.2f}×** | "
+                    f"{sp(b, 'amortised_ms'):.2f}× → **{sp(a, 'amortised_ms'):.2f}×** | "
+                    f"{pb['median']:.2f}× → {pa['median']:.2f}× | {upd(b)} → {upd(a)} |")
+    return "\n".join(rows) + "\n"
+
+
 # --- driver ----------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -707,10 +726,15 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="docs/perf/sparse_backend.json")
     ap.add_argument("--kernel-rounds", type=int, default=11, help="0 skips the per-kernel table")
     ap.add_argument("--report", metavar="JSON", help="print the Markdown tables of a results file and exit")
+    ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
+                    help="print the before/after table of two results files and exit")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child(args.child)
+    if args.compare:
+        with open(args.compare[0]) as fb, open(args.compare[1]) as fa:
+            return print(compare_md(json.load(fb), json.load(fa)))
     if args.report:
         with open(args.report) as f:
             return print(markdown(json.load(f)))
