@@ -80,6 +80,18 @@ def _sparseprop_backward(x: torch.Tensor, values: torch.Tensor, grad: torch.Tens
     return grad_xt.T, grad_v
 
 
+def _mkl_forward(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], pattern: Pattern) -> torch.Tensor:
+    """y = x Wᵀ + b computed as yᵀ = W xᵀ (+ b) straight into the memory of a y laid out
+    column-major: y is not a view (an in-place ReLU may follow) and y.T is contiguous. The bias
+    initialises the output the product accumulates into (``addmm``): no second pass over y."""
+    y = torch.empty_strided((x.shape[0], pattern.shape[0]), (1, x.shape[0]), dtype=x.dtype, device=x.device)
+    if bias is None:
+        torch.mm(pattern.matrix(values), x.T, out=y.T)
+    else:
+        torch.addmm(bias.unsqueeze(1), pattern.matrix(values), x.T, out=y.T)
+    return y
+
+
 class SparseLinearFunction(torch.autograd.Function):
     """Autograd function of :func:`sparse_linear` (inputs are 2-D)."""
 
@@ -90,10 +102,8 @@ class SparseLinearFunction(torch.autograd.Function):
             if pattern.kernel == "sparseprop":
                 y = _sparseprop_forward(x, values, pattern)
                 y = y if bias is None else y + bias
-            elif bias is None:
-                y = torch.sparse.mm(pattern.matrix(values), x.T).T
-            else:  # the bias initialises the output the product accumulates into: no second pass
-                y = torch.addmm(bias.unsqueeze(1), pattern.matrix(values), x.T).T
+            else:
+                y = _mkl_forward(x, values, bias, pattern)
         ctx.save_for_backward(x, values)
         ctx.pattern, ctx.sink, ctx.has_bias = pattern, sink, bias is not None
         return y
@@ -130,6 +140,8 @@ def sparse_linear(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Te
     ``sink``, if a list, receives ``(x, ∂L/∂y)`` (2-D) at each backward pass, from which the
     dense weight gradient can be formed block by block (see ``CSRStore.dense_grad_rows``).
     """
+    if x.dim() == 2:
+        return SparseLinearFunction.apply(x, values, bias, pattern, sink)
     lead = x.shape[:-1]
     y = SparseLinearFunction.apply(x.reshape(-1, x.shape[-1]), values, bias, pattern, sink)
     return y.reshape(*lead, pattern.shape[0])
