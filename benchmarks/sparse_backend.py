@@ -724,6 +724,8 @@ def main(argv=None) -> None:
     ap.add_argument("--min-idle", type=float, default=0.8,
                     help="before each timing round wait (up to 20 s) until this fraction of the CPU is idle")
     ap.add_argument("--out", default="docs/perf/sparse_backend.json")
+    ap.add_argument("--append", action="store_true",
+                    help="add this run's groups to an existing --out file (same protocol) instead of replacing it")
     ap.add_argument("--kernel-rounds", type=int, default=11, help="0 skips the per-kernel table")
     ap.add_argument("--report", metavar="JSON", help="print the Markdown tables of a results file and exit")
     ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
@@ -743,10 +745,15 @@ def main(argv=None) -> None:
                            "torch": torch.__version__, "loadavg_start": os.getloadavg()},
                "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
                "timing": {}, "memory": {}, "export": {}}
+    if args.append and os.path.exists(args.out):
+        with open(args.out) as f:
+            previous = json.load(f)
+        previous.setdefault("runs", []).append({k: results.pop(k) for k in ("command", "started")})
+        results = {**previous, **{k: v for k, v in results.items() if k not in previous}}
     if args.kernel_rounds:
         results["kernels"] = kernel_table(args.kernel_rounds, min_idle=args.min_idle,
                                           sparseprop="sparse-sp" in args.backends.split(","))
-    results["profile"] = {}
+    results.setdefault("profile", {})
     for m, s, b in (("wide", 0.95, "sparse"), ("wide", 0.99, "sparse"), ("wide", 0.99, "dense"))[:3 * args.profile]:
         wait_for_idle(args.min_idle, timeout=20)
         results["profile"][f"{m}@{s}/{b}"] = profile_step(m, s, b)
@@ -759,7 +766,7 @@ def main(argv=None) -> None:
         print("sparseprop is not installed (pip install 'sparsetrain[accel]'): skipping the sparse-sp backend")
         backends.remove("sparse-sp")
     for m in args.models.split(","):
-        for s in map(float, args.sparsities.split(",")):
+        for s in map(float, filter(None, args.sparsities.split(","))):
             key = f"{m}@{s}"
             results["timing"][key] = time_group(m, s, backends, args.optimizer, args.rounds, args.per_round,
                                                 args.min_idle, args.zero_grad.split(","), args.delta_t)
@@ -771,11 +778,16 @@ def main(argv=None) -> None:
                     "share": active_share(m, s, opt_kind),
                     **{b: measure_memory(m, s, b, opt_kind) for b in backends}}
             results["export"][key] = export_sizes(m, s, os.path.dirname(os.path.abspath(args.out)))
+            _write(args.out, results)             # after every group: a stopped run keeps what it measured
     results["machine"]["loadavg_end"] = os.getloadavg()
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(results, f, indent=1)
+    _write(args.out, results)
     print(f"wrote {args.out}")
+
+
+def _write(path: str, results: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
