@@ -546,6 +546,8 @@ def markdown(results: dict) -> str:
 
 
 def _speed_md(r: dict) -> str:
+    if not r.get("timing"):
+        return ""
     if "chosen" not in next(iter(r["timing"].values())):
         return _speed_md_v1(r)
     backends = [b for b in BACKENDS if any(b in t.get("chosen", {}) for t in r["timing"].values())]
@@ -614,6 +616,8 @@ def _speed_md_v1(r: dict) -> str:
 
 
 def _memory_md(r: dict) -> str:
+    if not r.get("memory"):
+        return ""
     rows = ["| model @ sparsity / optimizer | backend | weights | indices | optimizer state | masks | "
             "persistent total | × nonzeros' share | grads | peak RSS (train) |", "|---|---|---|---|---|---|---|---|---|---|"]
     mb = lambda b: f"{b / 2 ** 20:.2f} MB"  # noqa: E731
@@ -631,6 +635,8 @@ def _memory_md(r: dict) -> str:
 
 
 def _export_md(r: dict) -> str:
+    if not r.get("export"):
+        return ""
     rows = ["| model @ sparsity | dense state_dict (torch.save) | sparse export (safetensors) | ratio |", "|---|---|---|---|"]
     for key, e in r["export"].items():
         d, s = e["dense_state_dict_bytes"], e["sparse_export_bytes"]
@@ -661,6 +667,11 @@ def _kernel_md(r: dict) -> str:
         rows.append(f"| {key} | " + " | ".join(f"{k[n]:.2f}" if n in k else "–" for n in names)
                     + f" | {eff('layer step csr')} ({eff('layer step sparseprop')}) | {load} |")
     return "\n".join(rows) + "\n\n" + _reconcile_md(r)
+
+
+def _kernel_line(line: str) -> tuple:
+    key, values = line.split(" ", 1)
+    return key, json.loads(values)
 
 
 def _reconcile_md(r: dict) -> str:
@@ -718,7 +729,8 @@ def main(argv=None) -> None:
                     help="zero_grad settings timed per backend (keep: set_to_none=False; none: True); "
                          "each backend is reported at its faster one")
     ap.add_argument("--profile", type=int, default=1, help="0 skips the torch.profiler breakdown")
-    ap.add_argument("--memory", default="sgd", help="optimizers for the memory table, every group ('' to skip)")
+    ap.add_argument("--memory", default="sgd", help="optimizers for the memory table, every group ('' skips it, "
+                                                            "--memory-adam too)")
     ap.add_argument("--memory-adam", default="wide@0.95,wide@0.99", help="groups also measured with Adam")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--min-idle", type=float, default=0.8,
@@ -739,6 +751,8 @@ def main(argv=None) -> None:
             return print(compare_md(json.load(fb), json.load(fa)))
     if args.report:
         with open(args.report) as f:
+            if args.report.endswith(".jsonl"):    # the per-layer lines kernel_table prints
+                return print(_kernel_md({"kernels": dict(_kernel_line(line) for line in f if line.strip())}))
             return print(markdown(json.load(f)))
     torch.set_num_threads(args.threads)
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
@@ -772,7 +786,7 @@ def main(argv=None) -> None:
                                                 args.min_idle, args.zero_grad.split(","), args.delta_t)
             print(key, json.dumps(results["timing"][key]), flush=True)
             opts = list(filter(None, args.memory.split(",")))
-            opts += ["adam"] if key in args.memory_adam.split(",") and "adam" not in opts else []
+            opts += ["adam"] if opts and key in args.memory_adam.split(",") and "adam" not in opts else []
             for opt_kind in opts:
                 results["memory"][f"{key}/{opt_kind}"] = {
                     "share": active_share(m, s, opt_kind),
