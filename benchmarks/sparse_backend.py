@@ -16,10 +16,16 @@ Protocol
   layer and rebuilds Wᵀ's structure in each backward pass (less memory, slower backward);
   "sparse-sp" is the automatic rule on the sparseprop package's kernels (``kernel="sparseprop"``,
   which need no Wᵀ structure; skipped when sparseprop is not installed).
-* Timing: for each (model, sparsity) all configurations live in ONE process and are run in
-  interleaved rounds (each round runs every configuration for a few steps, in rotating order) so
-  machine noise hits all of them alike; we report medians. ΔT = 10 during timing so update steps
-  get sampled; "amortised" adds (update − regular)/100, the cost at the paper's ΔT = 100.
+* Timing (``time_group``): for each (model, sparsity) every backend is built twice, with
+  ``zero_grad(set_to_none=False)`` (gradient buffers reused) and ``set_to_none=True``; all live in
+  ONE process and run in interleaved rounds (3 steps + 3 inferences each, rotating order) so
+  machine noise hits all of them alike, and each backend is reported at its faster setting.
+  ΔT = 5 while timing (17 rounds: 10 update samples); regular steps, update steps and the step
+  right after an update are kept apart; "amortised" = regular + ((update − regular) + (after −
+  regular))/100, the cost at the paper's ΔT = 100. Medians with min/max, and dense ÷ sparse per
+  round (paired). Every round records the load average and the CPU share used by other processes
+  (flagged noisy above 25 %). Results are written after every group; ``--append`` adds groups to
+  an existing file, ``--compare BEFORE AFTER`` prints a before/after table.
 * Memory: each configuration is also built in a fresh subprocess; after construction the kernel's
   peak-RSS counter is reset (``/proc/self/clear_refs``) and 4 training steps (one a topology update)
   are run; "peak RSS" is VmHWM minus the RSS before the model was built (interpreter, torch, data).
@@ -510,7 +516,7 @@ def profile_step(model_name: str, sparsity: float, backend: str, steps: int = 5)
 
 
 UPDATE_CATEGORIES = (  # regions of CSRStore.update (grow_scores is inside grow)
-    ("grow scores: ∂L/∂W row blocks from the captured factors, |·|", "csr_update.grow_scores"),
+    ("grow scores: ∂L/∂W row blocks from the captured factors, abs", "csr_update.grow_scores"),
     ("grow: top-k over the blocks (minus the scores above)", "csr_update.grow"),
     ("drop: top-k of |w| over the active values", "csr_update.drop"),
     ("new pattern: merge, match, move values / momentum, CSR indices", "csr_update.move_state"),
@@ -649,7 +655,7 @@ def _profile_md(r: dict) -> str:
     for key, rows in r.get("profile", {}).items():
         wall = rows[0][1]
         out.append(f"**{key}** — {wall:.1f} ms per step (profiled)\n\n| where | ms / step | share |\n|---|---|---|")
-        out += [f"| {label} | {ms:.2f} | {100 * ms / wall:.0f} % |" for label, ms in rows[1:]]
+        out += [f"| {label.replace('|', chr(92) + '|')} | {ms:.2f} | {100 * ms / wall:.0f} % |" for label, ms in rows[1:]]
         out.append("")
     return "\n".join(out)
 
