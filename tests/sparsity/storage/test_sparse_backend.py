@@ -124,14 +124,38 @@ def test_csr_helpers():
     assert flat.numel() == 500 and torch.unique(flat).numel() == 500 and bool((flat.diff() > 0).all())
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse_linear_output_is_not_a_view_and_takes_an_inplace_relu(bias):
+    g = torch.Generator().manual_seed(4)
+    lin = nn.Linear(12, 9, bias=bias).double()
+    mask = torch.rand(9, 12, generator=g) < 0.4
+    with torch.no_grad():
+        lin.weight.mul_(mask)
+    sp = SparseLinear.from_dense(lin, mask)
+    x = torch.randn(5, 12, generator=g, dtype=torch.float64, requires_grad=True)
+    x2 = x.detach().clone().requires_grad_()
+    y = sp(x)
+    assert y._base is None and y.T.is_contiguous()           # yᵀ is the next layer's contiguous xᵀ
+    nn.functional.relu(y, inplace=True).square().sum().backward()
+    nn.functional.relu(lin(x2)).square().sum().backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-12)
+    assert torch.allclose(sp.values.grad, lin.weight.grad[mask], atol=1e-12)
+    if bias:
+        assert torch.allclose(sp.bias.grad, lin.bias.grad, atol=1e-12)
+
+
 @pytest.mark.parametrize("block", [1, 7, 64, 10_000])
-def test_streaming_topk_equals_topk_mask(block):
+@pytest.mark.parametrize("neg_inf", [0.0, 0.5])
+def test_streaming_topk_equals_topk_mask(block, neg_inf):
     g = torch.Generator().manual_seed(block)
     scores = torch.randint(0, 5, (600,), generator=g).float()     # many ties: the tie rule matters
     scores[::37] = float("nan")
+    # −∞ scores tie with the excluded entries inside a block: eligible ones must still be chosen
+    scores[torch.rand(600, generator=g) < neg_inf] = -float("inf")
     eligible = torch.rand(600, generator=g) < 0.7
-    for k in (0, 1, 13, int(eligible.sum())):
-        blocks = [(i, scores[i:i + block], eligible[i:i + block]) for i in range(0, 600, block)]
+    for k in (0, 1, 13, 150, int(eligible.sum()) - 1, int(eligible.sum())):
+        blocks = [(i, scores[i:i + block], torch.nonzero(~eligible[i:i + block]).squeeze(1))
+                  for i in range(0, 600, block)]
         got = streaming_topk(blocks, k)
         want = torch.nonzero(topk_mask(scores, k, eligible=eligible)).squeeze(1)
         assert torch.equal(got, want), k

@@ -35,9 +35,10 @@ BACKENDS = ("sparse", "dense")
 KERNELS = ("mkl", "sparseprop")
 CONV_KERNELS = ("auto", "mkl", "sparseprop")
 
-#: entries of the dense score matrix formed at once while growing a compressed layer: 4 MiB of
-#: float32 scores, about 40 MB of temporaries in all (scores, eligibility, candidate indices)
-DEFAULT_BLOCK_ELEMS = 1 << 20
+#: entries of the dense score matrix formed at once while growing a compressed layer: 16 MiB of
+#: float32 scores, about 60 MB of temporaries in all (the gradient block, its scores, a cleaned
+#: copy, one comparison); a 4096 x 4096 layer takes 4 blocks (fewer, larger GEMMs and selections)
+DEFAULT_BLOCK_ELEMS = 1 << 22
 
 #: ``sync(tensor)`` returns rank 0's copy of a mask or position tensor (identity on one process)
 Sync = Callable[[torch.Tensor], torch.Tensor]

@@ -80,7 +80,7 @@ def transpose(crow: torch.Tensor, col: torch.Tensor, shape: Tuple[int, int]) -> 
     storage order (column, then row); a radix-sortable int32 key keeps this O(nnz)."""
     perm = torch.sort(col, stable=True).indices
     rows = row_ids(crow)
-    return Transposed(crow_from_rows(col.long(), shape[1]), rows[perm].to(INDEX_DTYPE),
+    return Transposed(crow_from_rows(col.long(), shape[1]), rows.index_select(0, perm).to(INDEX_DTYPE),
                       perm.to(INDEX_DTYPE))
 
 
@@ -98,7 +98,7 @@ def match(old_flat: torch.Tensor, new_flat: torch.Tensor) -> Tuple[torch.Tensor,
 
 def carry(old: torch.Tensor, pos: torch.Tensor, found: torch.Tensor) -> torch.Tensor:
     """``old`` re-indexed to a new topology: survivors keep their entry, new positions get 0."""
-    return torch.where(found, old[pos], torch.zeros((), dtype=old.dtype, device=old.device))
+    return torch.where(found, old.index_select(0, pos), torch.zeros((), dtype=old.dtype, device=old.device))
 
 
 def random_flat(shape: Sequence[int], n: int, generator: torch.Generator) -> torch.Tensor:

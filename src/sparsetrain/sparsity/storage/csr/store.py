@@ -30,6 +30,7 @@ from typing import Dict, Iterator, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from ....errors import CheckpointError, ConfigError
 from ...masks import Target
@@ -115,11 +116,14 @@ class CSRStore(LayerStore):
     def update(self, n_drop: int, n_grow: int, drop_scores: torch.Tensor, grow: GrowScores, sync: Sync,
                optimizer: Optional[torch.optim.Optimizer]) -> int:
         old = self.layer.flat_indices()
-        kept = old[topk_mask(self._active_scores(drop_scores, old), self.layer.nnz - n_drop)]
-        grown = streaming_topk(self._score_blocks(grow, kept), n_grow) if n_grow else kept.new_zeros(0)
-        new = sync(torch.sort(torch.cat([kept, grown])).values)
-        pos, found = match(old, new)
-        self._move_state(new, pos, found, optimizer)
+        with record_function("csr_update.drop"):
+            kept = old[topk_mask(self._active_scores(drop_scores, old), self.layer.nnz - n_drop)]
+        with record_function("csr_update.grow"):
+            grown = streaming_topk(self._score_blocks(grow, kept), n_grow) if n_grow else kept.new_zeros(0)
+        with record_function("csr_update.move_state"):
+            new = sync(torch.sort(torch.cat([kept, grown])).values)
+            pos, found = match(old, new)
+            self._move_state(new, pos, found, optimizer)
         return int(new.numel() - int(found.sum()))
 
     def _active_scores(self, scores: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -133,16 +137,17 @@ class CSRStore(LayerStore):
                          "(active values) or the dense size")
 
     def _score_blocks(self, grow: GrowScores, kept: torch.Tensor) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
-        """(offset, grow scores, eligible) per block of rows; kept connections are ineligible."""
+        """(offset, grow scores, excluded local positions) per block of rows: the kept
+        connections may not be grown again."""
         n_rows, n_cols = self.layer.shape
         step = max(1, self.block_elems // n_cols)
-        for r0 in range(0, n_rows, step):
-            r1 = min(n_rows, r0 + step)
-            lo, hi = r0 * n_cols, r1 * n_cols
-            a, b = torch.searchsorted(kept, torch.tensor([lo, hi], device=kept.device)).tolist()
-            eligible = torch.ones(hi - lo, dtype=torch.bool, device=kept.device)
-            eligible[kept[a:b] - lo] = False
-            yield lo, grow.rows(slice(r0, r1), n_cols), eligible
+        bounds = torch.searchsorted(kept, torch.arange(0, n_rows + step, step, device=kept.device).clamp_(max=n_rows)
+                                    * n_cols).tolist()
+        for i, r0 in enumerate(range(0, n_rows, step)):
+            r1, lo = min(n_rows, r0 + step), r0 * n_cols
+            with record_function("csr_update.grow_scores"):
+                scores = grow.rows(slice(r0, r1), n_cols)
+            yield lo, scores, kept[bounds[i]:bounds[i + 1]] - lo
 
     @torch.no_grad()
     def set_mask(self, mask: torch.Tensor, optimizer: Optional[torch.optim.Optimizer]) -> None:
