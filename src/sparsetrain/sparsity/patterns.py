@@ -101,11 +101,6 @@ class Pattern:
             return int(shape[0]), math.prod(shape[2:])
         return self.rows, self.cols
 
-    @property
-    def channelwise(self) -> bool:
-        """Whole output or input channels: the layer exports to a smaller dense layer."""
-        return self.kind in ("channel", "in_channel")
-
     def count(self, shape: Sequence[int], density: float) -> int:
         """Active entries of a layer of ``shape`` at ``density``, in whole units of the pattern."""
         n_units, size = self.units(shape)
