@@ -32,7 +32,7 @@ from ..masks import Target
 from ..topk import count_active
 
 BACKENDS = ("sparse", "dense")
-KERNELS = ("mkl", "sparseprop")
+KERNELS = ("auto", "native", "mkl", "sparseprop")
 CONV_KERNELS = ("auto", "mkl", "sparseprop")
 
 #: entries of the dense score matrix formed at once while growing a compressed layer: 16 MiB of
@@ -167,6 +167,11 @@ def check_kernel(kernel: str) -> None:
     """ConfigError unless ``kernel`` is known and its implementation importable."""
     if kernel not in KERNELS:
         raise ConfigError(f"unknown sparse kernel '{kernel}'; choose one of: {', '.join(KERNELS)}")
+    if kernel == "native":
+        from .csr import native  # built at install when a C compiler was there
+        if not native.available():
+            raise ConfigError("kernel 'native' was not built (no C compiler when sparsetrain was installed): "
+                              "reinstall with gcc or clang available, or use kernel='auto' or 'mkl'")
     if kernel == "sparseprop":
         from .csr.functional import sparseprop_backend  # the optional package is probed on demand
         if sparseprop_backend() is None:
@@ -192,9 +197,13 @@ class BackendPolicy:
             always stays dense).
         cache_transpose: compressed layers keep Wᵀ's structure between steps (faster backward,
             8 more bytes per connection); see ``SparseLinear``.
-        kernel: "mkl" (torch's MKL CSR products, the default) or "sparseprop" (the AVX2 kernels
-            of the sparseprop package, ``pip install sparsetrain[accel]``: float32 only, needs no
-            Wᵀ structure; measured in docs/performance.md).
+        kernel: products of compressed Linear layers: "auto" (the default: "native" for float32
+            on the CPU where it was built, else "mkl"), "native" (this package's C kernels, split
+            between threads by nonzeros: float32, CPU), "mkl" (torch's MKL CSR products) or
+            "sparseprop" (the AVX2 kernels of the sparseprop package, ``pip install
+            sparsetrain[accel]``: float32 only, needs no Wᵀ structure). The default was chosen
+            by the per-shape measurements in docs/performance.md; it is fixed per run, not
+            re-measured, so that runs stay bitwise reproducible.
         block_elems: entries of a compressed layer's grow scores formed at once (memory bound of
             a growth step).
         conv_min_size: compress an nn.Conv2d (groups = 1) only with at least this many weights
@@ -207,7 +216,7 @@ class BackendPolicy:
     min_size: int = 1 << 16
     overrides: Mapping[str, str] = field(default_factory=dict)
     cache_transpose: bool = True
-    kernel: str = "mkl"
+    kernel: str = "auto"
     block_elems: int = DEFAULT_BLOCK_ELEMS
     conv_min_size: int = 1 << 12
     conv_kernel: str = "auto"

@@ -1,6 +1,6 @@
 """CSR storage: truly sparse CPU execution of Linear and LSTM/GRU layers.
 
-* :class:`SparseLinear` — CSR weights (values are the trainable parameter), MKL kernels.
+* :class:`SparseLinear` — CSR weights (values are the trainable parameter); native C or MKL kernels.
 * :class:`SparseLSTM` / :class:`SparseGRU` — nn.LSTM / nn.GRU with SparseLinear weight matrices.
 * :class:`CSRStore` — one such layer as the engine's layer store; :class:`CSRStorage` moves layers
   in and out of it (registered as ``"csr"``).

@@ -1,4 +1,4 @@
-"""The sparse linear map y = x Wᵀ + b as a custom autograd function on MKL CSR kernels.
+"""The sparse linear map y = x Wᵀ + b as a custom autograd function on CSR kernels.
 
 With W (out × in) stored as CSR values v at pattern P:
 
@@ -8,6 +8,12 @@ With W (out × in) stored as CSR values v at pattern P:
 
 so every product costs O(nnz · batch). ``F.linear(x, W_csr)`` and dense × CSR products are
 several times slower on CPU (measured in docs/performance.md) and are avoided.
+
+Kernels (``Pattern.kernel``): "native" runs the same three products on this package's C kernels
+(:mod:`.native`: the forward and the input gradient as CSR × dense into row-major outputs, the
+weight gradient as a sampled dot product per nonzero; threads split by nonzeros); "mkl" on
+torch's (MKL's CSR × dense, torch's ``sampled_addmm``); "auto" is "native" for float32 CPU
+values where it was built, else "mkl".
 
 With ``kernel="sparseprop"`` the three products run on the AVX2 kernels of the sparseprop
 package (Nikdan et al., "SparseProp: Efficient Sparse Backpropagation for Faster Training of
@@ -25,6 +31,7 @@ import functools
 import torch
 from torch.profiler import record_function
 
+from . import native
 from .indices import Transposed, csr_tensor
 
 
@@ -36,17 +43,30 @@ class Pattern(NamedTuple):
     crow: torch.Tensor
     col: torch.Tensor
     transposed: Callable[[torch.Tensor, torch.Tensor], Transposed]
-    kernel: str = "mkl"
+    kernel: str = "auto"
 
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         return csr_tensor(self.crow, self.col, values, self.shape)
+
+    def transposed_values(self, values: torch.Tensor) -> Tuple[Transposed, torch.Tensor]:
+        """Wᵀ's cached structure and its values gathered through the stored permutation."""
+        t = self.transposed(self.crow, self.col)
+        return t, values.index_select(0, t.perm)
 
     def transposed_matrix(self, values: torch.Tensor) -> torch.Tensor:
         """Wᵀ in CSR: its cached structure and the values gathered through the stored permutation
         (``index_select`` takes the int32 permutation as it is; ``values[perm]`` would convert it
         to int64 and gather on one thread, ≈ 10x slower at 10⁶ entries)."""
-        t = self.transposed(self.crow, self.col)
-        return csr_tensor(t.crow, t.row, values.index_select(0, t.perm), (self.shape[1], self.shape[0]))
+        t, v = self.transposed_values(values)
+        return csr_tensor(t.crow, t.row, v, (self.shape[1], self.shape[0]))
+
+
+def resolve_kernel(kernel: str, values: torch.Tensor) -> str:
+    """The kernel that runs: "auto" is "native" for float32 CPU values where it was built, else "mkl"."""
+    if kernel != "auto":
+        return kernel
+    ok = values.dtype == torch.float32 and values.device.type == "cpu" and native.available()
+    return "native" if ok else "mkl"
 
 
 @functools.lru_cache(maxsize=None)
@@ -92,28 +112,63 @@ def _mkl_forward(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Ten
     return y
 
 
+def _column_major(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialised (rows × cols) tensor laid out column-major: its ``.T`` is contiguous."""
+    return torch.empty_strided((rows, cols), (1, rows), dtype=like.dtype, device=like.device)
+
+
+def _native_forward(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor],
+                    pattern: Pattern) -> torch.Tensor:
+    """As :func:`_mkl_forward` (y column-major, bias written with the product) on the C kernel."""
+    y = _column_major(x.shape[0], pattern.shape[0], x)
+    native.spmm(pattern.crow, pattern.col, values.detach(), x.T.contiguous(),
+                None if bias is None else bias.detach().contiguous(), out=y.T)
+    return y
+
+
+def _native_backward(x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, pattern: Pattern,
+                     need_x: bool, need_v: bool):
+    """∂L/∂x (column-major, through Wᵀ's CSR) and ∂L/∂v (at the nonzeros) on the C kernels."""
+    g_t = grad.T.contiguous()  # free when grad is column-major, as our own layers produce it
+    grad_x = grad_v = None
+    if need_x:
+        with record_function("sparse_linear.grad_input"):
+            t, v_t = pattern.transposed_values(values.detach())
+            grad_x = _column_major(x.shape[0], pattern.shape[1], x)
+            native.spmm(t.crow, t.row, v_t, g_t, out=grad_x.T)
+    if need_v:
+        with record_function("sparse_linear.grad_weight"):
+            grad_v = native.sddmm(pattern.crow, pattern.col, g_t, x.T.contiguous())
+    return grad_x, grad_v
+
+
 class SparseLinearFunction(torch.autograd.Function):
     """Autograd function of :func:`sparse_linear` (inputs are 2-D)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor],
                 pattern: Pattern, sink: Optional[List]) -> torch.Tensor:
+        kernel = resolve_kernel(pattern.kernel, values)
         with record_function("sparse_linear.forward"):
-            if pattern.kernel == "sparseprop":
+            if kernel == "sparseprop":
                 y = _sparseprop_forward(x, values, pattern)
                 y = y if bias is None else y + bias
+            elif kernel == "native":
+                y = _native_forward(x, values, bias, pattern)
             else:
                 y = _mkl_forward(x, values, bias, pattern)
         ctx.save_for_backward(x, values)
-        ctx.pattern, ctx.sink, ctx.has_bias = pattern, sink, bias is not None
+        ctx.pattern, ctx.kernel, ctx.sink, ctx.has_bias = pattern, kernel, sink, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, values = ctx.saved_tensors
-        pattern = ctx.pattern
+        pattern, kernel = ctx.pattern, ctx.kernel
         grad_x = grad_v = grad_b = None
-        if pattern.kernel == "sparseprop" and any(ctx.needs_input_grad[:2]):
+        if kernel == "native":
+            grad_x, grad_v = _native_backward(x, values, grad, pattern, *ctx.needs_input_grad[:2])
+        elif kernel == "sparseprop" and any(ctx.needs_input_grad[:2]):
             with record_function("sparse_linear.sparseprop_backward"):  # both gradients in one pass
                 grad_x, grad_v = _sparseprop_backward(x, values, grad, pattern)
             grad_x = grad_x if ctx.needs_input_grad[0] else None
@@ -121,7 +176,7 @@ class SparseLinearFunction(torch.autograd.Function):
         elif ctx.needs_input_grad[0]:
             with record_function("sparse_linear.grad_input"):
                 grad_x = torch.sparse.mm(pattern.transposed_matrix(values), grad.T).T
-        if ctx.needs_input_grad[1] and pattern.kernel != "sparseprop":
+        if ctx.needs_input_grad[1] and kernel == "mkl":
             with record_function("sparse_linear.grad_weight"):
                 # beta=0: the pattern's own values are not added in, only the sampled product
                 grad_v = torch.sparse.sampled_addmm(pattern.matrix(values), grad.T, x, beta=0.0).values()

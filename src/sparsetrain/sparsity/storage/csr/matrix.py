@@ -40,7 +40,7 @@ class CSRWeight(nn.Module):
         #: when a list, the backward pass appends the factors of ∂L/∂W to it (the engine's RigL capture)
         self.capture: Optional[List] = None
         #: which implementation runs the products (see the layer's functional module)
-        self.kernel = "mkl"
+        self.kernel = "auto"
         self._set_pattern(flat.to(self.values.device))
 
     # --- structure ----------------------------------------------------------------------------
