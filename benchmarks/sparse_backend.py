@@ -12,7 +12,8 @@ Protocol
   backends run RigL through sparsetrain's engine; rigl-torch (PyPI ``rigl-torch``) runs its
   RigLScheduler (uniform: it keeps the first layer dense; its compute is dense anyway).
   "sparse" uses the automatic per-layer rule (density <= 0.1 and >= 65,536 weights: the 10-way
-  output layers stay masked-dense) and caches Wᵀ's structure; "sparse-lean" compresses every
+  output layers stay masked-dense) with the default kernel ("auto": the native C kernels where
+  built) and caches Wᵀ's structure; "sparse-mkl" is the same on torch's MKL products; "sparse-lean" compresses every
   layer and rebuilds Wᵀ's structure in each backward pass (less memory, slower backward);
   "sparse-sp" is the automatic rule on the sparseprop package's kernels (``kernel="sparseprop"``,
   which need no Wᵀ structure; skipped when sparseprop is not installed).
@@ -53,7 +54,7 @@ from torch.profiler import record_function
 
 MODELS = {"small": [784, 1024, 1024, 10], "wide": [1024, 4096, 4096, 4096, 10],
           "tiny": [784, 256, 256, 10]}  # tiny: warm-up only (loads kernels before the RSS baseline)
-BACKENDS = ("dense", "masked", "sparse", "sparse-lean", "sparse-sp", "rigl-torch")
+BACKENDS = ("dense", "masked", "sparse", "sparse-mkl", "sparse-lean", "sparse-sp", "rigl-torch")
 BATCH, DELTA_T, PAPER_DELTA_T = 128, 10, 100
 
 
@@ -142,6 +143,7 @@ def build(model_name: str, sparsity: float, backend: str, opt_kind: str, x, y, d
         # sparse: automatic policy, Wᵀ cached; sparse-lean: every layer compressed, Wᵀ rebuilt per step;
         # sparse-sp: automatic policy on sparseprop's kernels, which need no Wᵀ
         lean = {"sparse-lean": dict(min_size=0, cache_transpose=False),
+                "sparse-mkl": dict(kernel="mkl"),
                 "sparse-sp": dict(cache_transpose=False, kernel="sparseprop")}.get(backend, {})
         engine = SparseEngine(model, opt, "rigl", **engine_args, **lean)
         return Runner(backend, model, engine.optimizer, _engine_step(model, engine.optimizer, engine, x, y, set_to_none), engine)
@@ -419,13 +421,14 @@ def kernel_table(rounds: int, shapes=KERNEL_SHAPES, densities=(0.1, 0.05, 0.01),
     """Per-layer kernels, batch 128, interleaved: forward, input gradient, weight gradient, and
     the whole layer step (forward + both gradients), dense vs CSR variants. Each entry is the
     median of ``rounds`` in ms; "loads" records the machine's load over the rounds."""
-    from sparsetrain.sparsity.storage.csr import SparseLinear
+    from sparsetrain.sparsity.storage.csr import SparseLinear, native
     from sparsetrain.sparsity.storage.csr.functional import sparseprop_backend
     from sparsetrain.sparsity.storage.csr.indices import csr_tensor, row_ids
     out = {}
     for n_out, n in shapes:
         for d in densities:
             layer = SparseLinear.random(n, n_out, d)
+            layer.kernel = "mkl"  # the "csr" columns: torch's MKL products (the "native" ones: ours)
             w_dense, w_csr = layer.dense_weight(), layer.weight_csr()
             x, g = torch.randn(BATCH, n), torch.randn(BATCH, n_out)
             t = layer.transposed(layer.crow_indices, layer.col_indices)
@@ -444,10 +447,19 @@ def kernel_table(rounds: int, shapes=KERNEL_SHAPES, densities=(0.1, 0.05, 0.01),
                 "dW dense (gT x)": lambda: g.T @ x,
                 "dW csr sampled_addmm": lambda: torch.sparse.sampled_addmm(w_csr, g.T, x, beta=0.0),
             }
+            if native.available():
+                xt, gt = x.T.contiguous(), g.T.contiguous()
+                fns["fwd native spmm(W, xT, bias)"] = lambda: native.spmm(layer.crow_indices, layer.col_indices, v, xt, b)
+                fns["dx native cached Wt"] = lambda: native.spmm(t.crow, t.row, torch.index_select(v, 0, t.perm), gt)
+                fns["dW native sddmm"] = lambda: native.sddmm(layer.crow_indices, layer.col_indices, gt, xt)
             if d <= 0.01:
                 fns["dW csr gather (g[:,r]*x[:,c]).sum"] = lambda: (g.T[rows] * x.T[cols]).sum(1)
             fns["layer step dense"] = _layer_step(layer.to_linear(), x, g)
             fns["layer step csr"] = _layer_step(layer, x, g)
+            if native.available():
+                nat = SparseLinear(n, n_out, layer.flat_indices(), layer.values.detach(), layer.bias.detach())
+                nat.kernel = "native"
+                fns["layer step native"] = _layer_step(nat, x, g)
             if sparseprop and sparseprop_backend() is not None:
                 sp = SparseLinear(n, n_out, layer.flat_indices(), layer.values.detach(), layer.bias.detach())
                 sp.kernel = "sparseprop"
@@ -664,14 +676,14 @@ def _kernel_md(r: dict) -> str:
     if "kernels" not in r:
         return ""
     names = [n for n in next(iter(r["kernels"].values())) if n != "load"]
-    rows = ["| layer (out x in) @ density | " + " | ".join(names) + " | useful-FLOP throughput vs dense GEMM: csr "
-            "(sparseprop) | others' CPU share |", "|---" * (len(names) + 3) + "|"]
+    rows = ["| layer (out x in) @ density | " + " | ".join(names) + " | useful-FLOP throughput vs dense GEMM: "
+            "MKL csr / native / sparseprop | others' CPU share |", "|---" * (len(names) + 3) + "|"]
     for key, k in r["kernels"].items():
         d = float(key.split("@")[1])
         eff = lambda n: f"{100 * d * k['layer step dense'] / k[n]:.0f} %" if n in k else "–"  # noqa: E731
         load = f"{100 * k['load']['foreign_cpu_share']:.0f} %" if "load" in k else "–"
         rows.append(f"| {key} | " + " | ".join(f"{k[n]:.2f}" if n in k else "–" for n in names)
-                    + f" | {eff('layer step csr')} ({eff('layer step sparseprop')}) | {load} |")
+                    + f" | {eff('layer step csr')} / {eff('layer step native')} / {eff('layer step sparseprop')} | {load} |")
     return "\n".join(rows) + "\n\n" + _reconcile_md(r)
 
 
@@ -691,7 +703,7 @@ def _reconcile_md(r: dict) -> str:
         if model != "wide" or not all(n in k for n in names) or "chosen" not in t:
             continue
         ld = sum(k[n]["layer step dense"] for n in names)
-        ls = sum(k[n]["layer step csr"] for n in names)
+        ls = sum(k[n].get("layer step native", k[n]["layer step csr"]) for n in names)  # the sparse backend's kernel
         e2e_d, e2e_s = t["dense"]["step_ms"], t["sparse"]["step_ms"]
         out.append(f"| {key} | {ld:.1f} | {ls:.1f} | {ld / ls:.2f}× | {e2e_d:.1f} | {e2e_s:.1f} | {e2e_d / e2e_s:.2f}× | "
                    f"{e2e_d - ld:.1f} | {e2e_s - ls:.1f} |")
