@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sparsetrain.sparsity.topk import count_active, count_zeros, topk_mask
+from sparsetrain.sparsity.topk import count_active, count_zeros, kth_largest, topk_mask
 
 FAST = settings(max_examples=40, deadline=None)
 
@@ -113,3 +113,28 @@ def test_sort_and_selection_paths_choose_the_same_set(data, scores):
     chosen = [set(f(values, k).tolist()) if k else set() for f in (_by_selection, _by_sort)]
     assert chosen[0] == chosen[1]
     assert chosen[1] == {i for i, b in enumerate(brute_force(scores, k)) if b}
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 3000), frac=st.floats(0.0, 1.0), levels=st.integers(1, 50), seed=st.integers(0, 1000))
+def test_kth_largest_is_the_kth_of_a_descending_sort(n, frac, levels, seed):
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randint(0, levels, (n,), generator=g).float()  # many ties
+    k = max(1, min(n, int(frac * n)))
+    assert kth_largest(v, k) == float(torch.sort(v, descending=True).values[k - 1])
+
+
+@pytest.mark.parametrize("layout", ["random", "ties", "sample_positions_largest", "ascending"])
+def test_kth_largest_sampled_path_is_exact(layout):
+    # 2²¹ entries take the sampled path; the adversarial layout puts the largest values exactly
+    # at the sampled positions, so fewer than k reach the sample's threshold and the exact
+    # fallback must run
+    n, k = 1 << 21, 50_000
+    g = torch.Generator().manual_seed(3)
+    v = {"random": lambda: torch.randn(n, generator=g),
+         "ties": lambda: torch.randint(0, 7, (n,), generator=g).float(),
+         "ascending": lambda: torch.arange(n, dtype=torch.float32),
+         "sample_positions_largest": lambda: torch.rand(n, generator=g)}[layout]()
+    if layout == "sample_positions_largest":
+        v[:: n // (1 << 14)] += 10.0
+    assert kth_largest(v, k) == float(torch.topk(v, k).values[-1])

@@ -5,7 +5,7 @@ scores, ties to the lower flat index, NaN lowest. Blocks arrive in increasing fl
 each with the (local, ascending) positions that may not be chosen. A block contributes its own
 top-k plus every entry tied with its k-th score: a superset of its share of the global top-k.
 
-The work per block is one selection (``torch.topk`` on the block, ineligible entries set to −∞)
+The work per block is one selection (:func:`kth_largest` on the block, ineligible entries set to −∞)
 and one comparison pass; no per-entry index array of the block is built. Once k candidates are
 held, the k-th best score ``t`` seen in any one block filters later blocks: a later entry scoring
 ≤ t is beaten by k earlier entries (ties go to the lower index), so only scores > t are kept,
@@ -22,7 +22,7 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
-from ...topk import topk_mask
+from ...topk import kth_largest, topk_mask
 
 Candidates = Tuple[torch.Tensor, torch.Tensor]  # (ascending flat positions int64, float scores)
 _NEG_INF = -float("inf")
@@ -36,8 +36,8 @@ def _shortlist(scores: torch.Tensor, eligible: torch.Tensor, k: int) -> Tuple[to
     if idx.numel() < k or k == 0:
         return idx, None
     sub = scores[idx]
-    kth = torch.topk(sub, k, sorted=False).values.min()
-    return idx[sub >= kth], float(kth)
+    kth = kth_largest(sub, k)
+    return idx[sub >= kth], kth
 
 
 def _block_candidates(flat: torch.Tensor, excluded: torch.Tensor, k: int,
@@ -51,11 +51,11 @@ def _block_candidates(flat: torch.Tensor, excluded: torch.Tensor, k: int,
         if idx.numel() <= k:
             return idx, None
         sub = flat[idx]
-        kth = float(torch.topk(sub, k, sorted=False).values.min())
+        kth = kth_largest(sub, k)
         return idx[sub >= kth], kth
     if k == 0 or flat.numel() - excluded.numel() <= k:
         return _exact(flat, excluded, k)
-    kth = float(torch.topk(flat, k, sorted=False).values.min())
+    kth = kth_largest(flat, k)
     if kth == _NEG_INF:                        # −∞ ties with the excluded entries: decide exactly
         return _exact(flat, excluded, k)
     return torch.nonzero(flat >= kth).squeeze(1), kth
@@ -87,7 +87,7 @@ class _Buffer:
         if self.k == 0 or sc.numel() < self.k:
             self.parts = [(idx, sc)]
             return self.parts[0]
-        kth = float(torch.topk(sc, self.k, sorted=False).values.min())
+        kth = kth_largest(sc, self.k)
         keep = sc >= kth                           # the top-k and every entry tied with the k-th
         self.parts, self.size = [(idx[keep], sc[keep])], int(keep.sum())
         self.threshold = kth if self.threshold is None else max(self.threshold, kth)
