@@ -32,8 +32,8 @@ BACKEND_OPTIONS = tuple(f.name for f in dataclasses.fields(BackendPolicy))
 OPTION_TYPES = {"max_density": ((int, float), "a number in [0, 1]"), "min_size": ((int,), "an integer"),
                 "overrides": ((Mapping,), "a table {weight-name pattern: 'sparse' | 'dense'}"),
                 "cache_transpose": ((bool,), "true or false"), "block_elems": ((int,), "an integer"),
-                "kernel": ((str,), "'mkl' or 'sparseprop'"), "conv_min_size": ((int,), "an integer"),
-                "conv_kernel": ((str,), "'auto', 'mkl' or 'sparseprop'")}
+                "kernel": ((str,), "'auto', 'native', 'mkl' or 'sparseprop'"), "conv_min_size": ((int,), "an integer"),
+                "conv_kernel": ((str,), "'auto', 'native', 'mkl' or 'sparseprop'")}
 
 
 def _policy(options: Mapping[str, Any]) -> BackendPolicy:

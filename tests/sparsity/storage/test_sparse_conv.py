@@ -11,6 +11,7 @@ from sparsetrain.sparsity.engine import SparsityEngine
 from sparsetrain.sparsity.storage import BackendPolicy
 from sparsetrain.sparsity.storage.conv import SparseConv2d
 from sparsetrain.sparsity.storage.conv.functional import sparseprop_supports
+from sparsetrain.sparsity.storage.csr import native
 from sparsetrain.sparsity.storage.csr import export_sparse, load_sparse
 
 from test_sparse_backend import adam, assert_same_state, sgd, train
@@ -52,6 +53,21 @@ def test_sparseprop_conv_matches_dense_float32(geometry, batch):
     layer = check_against_dense("auto", torch.float32, geometry, batch, tol=1e-4)
     assert layer.uses_sparseprop()
     assert layer.index_bytes() == 4 * (6 + layer.nnz) + 2 * 5 * 4 + 2 * layer.nnz   # CSR + sparseprop's
+
+
+@pytest.mark.skipif(not native.available(), reason="the native kernels were not built")
+@pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)
+def test_native_conv_matches_dense_float32(geometry, batch):
+    layer = check_against_dense("native", torch.float32, geometry, batch, tol=1e-4)
+    assert layer.plan().pattern.kernel == "native"
+
+
+@pytest.mark.skipif(not native.available(), reason="the native kernels were not built")
+def test_auto_conv_kernel_takes_native_where_sparseprop_does_not_cover_the_layer():
+    layer = SparseConv2d.random(2, 3, 3, 0.5, dilation=2)          # dilated: not sparseprop's
+    assert not layer.uses_sparseprop() and layer.plan().pattern.kernel == "native"
+    assert SparseConv2d.random(2, 3, 3, 0.5, dtype=torch.float64).plan().pattern.kernel == "mkl"
 
 
 def test_gradcheck_and_unsupported_geometry_falls_back():

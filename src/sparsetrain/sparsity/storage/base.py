@@ -33,7 +33,7 @@ from ..topk import count_active
 
 BACKENDS = ("sparse", "dense")
 KERNELS = ("auto", "native", "mkl", "sparseprop")
-CONV_KERNELS = ("auto", "mkl", "sparseprop")
+CONV_KERNELS = ("auto", "native", "mkl", "sparseprop")
 
 #: entries of the dense score matrix formed at once while growing a compressed layer: 16 MiB of
 #: float32 scores, about 60 MB of temporaries in all (the gradient block, its scores, a cleaned
@@ -209,7 +209,8 @@ class BackendPolicy:
         conv_min_size: compress an nn.Conv2d (groups = 1) only with at least this many weights
             (its cost is nnz × output positions: convs pay off far below ``min_size``).
         conv_kernel: products of compressed convolutions: "auto" (sparseprop's direct kernels
-            where they cover the layer, else unfold + MKL CSR), "sparseprop" (same) or "mkl".
+            where they cover the layer, else unfold + the native kernels where built, else unfold
+            + MKL), "sparseprop" (same), "native" or "mkl" (unfold + that kernel).
     """
 
     max_density: float = 0.1
@@ -225,6 +226,8 @@ class BackendPolicy:
         check_kernel(self.kernel)
         if self.conv_kernel not in CONV_KERNELS:
             raise ConfigError(f"unknown conv kernel '{self.conv_kernel}'; choose one of: {', '.join(CONV_KERNELS)}")
+        if self.conv_kernel == "native":
+            check_kernel("native")
         bad = {p: b for p, b in self.overrides.items() if b not in BACKENDS}
         if bad:
             raise ConfigError(f"backend overrides {bad} are invalid; use 'sparse' or 'dense'")

@@ -9,8 +9,9 @@ gradient:
 * input grad:   ∂L/∂x = fold(Wᵀ G)           Wᵀ's CSR structure kept per topology
 * weight grad:  ∂L/∂v = (G Xᵀ)|_P            ``torch.sparse.sampled_addmm``: only the nonzeros
 
-so every product costs O(nnz · N·L) (kernel "mkl"). X is rebuilt in the backward pass from the
-saved input rather than kept (kh·kw times the input's memory per layer).
+so every product costs O(nnz · N·L) (kernel "mkl": torch's MKL products; kernel "native": the same
+three products on this package's C kernels, :mod:`..csr.native`). X is rebuilt in the backward
+pass from the saved input rather than kept (kh·kw times the input's memory per layer).
 
 Kernel "sparseprop" runs the three products on the AVX2 direct-convolution kernels of the
 sparseprop package (Nikdan et al., ICML 2023), which read the same values in the same (row-major)
@@ -28,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import record_function
 
+from ..csr import native
 from ..csr.functional import Pattern, sparseprop_backend
 
 
@@ -125,24 +127,35 @@ class Plan(NamedTuple):
 
 
 def _mkl_forward(x: torch.Tensor, values: torch.Tensor, plan: Plan) -> torch.Tensor:
+    """Y = W X on the unfolded batch (kernel "mkl" or "native"), as an (N, out, oh, ow) view."""
     n, _, h, w = x.shape
     oh, ow = plan.geometry.out_size(h, w)
-    y = torch.sparse.mm(plan.pattern.matrix(values), columns(x, plan.geometry))  # out × N·L
+    cols, p = columns(x, plan.geometry), plan.pattern
+    if p.kernel == "native":
+        y = native.spmm(p.crow, p.col, values.detach(), cols.contiguous())  # out × N·L
+    else:
+        y = torch.sparse.mm(p.matrix(values), cols)
     return y.view(-1, n, oh, ow).transpose(0, 1)
 
 
 def _mkl_backward(ctx, x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, plan: Plan):
-    geo, grad_x, grad_v = plan.geometry, None, None
+    geo, p, grad_x, grad_v = plan.geometry, plan.pattern, None, None
     g = channels_first(grad)
     if ctx.needs_input_grad[0]:
         with record_function("sparse_conv2d.grad_input"):
-            dcols = torch.sparse.mm(plan.pattern.transposed_matrix(values), g)  # in·kh·kw × N·L
+            if p.kernel == "native":
+                t, v_t = p.transposed_values(values.detach())
+                dcols = native.spmm(t.crow, t.row, v_t, g.contiguous())
+            else:
+                dcols = torch.sparse.mm(p.transposed_matrix(values), g)  # in·kh·kw × N·L
             dcols = dcols.view(dcols.shape[0], x.shape[0], -1).transpose(0, 1)
             grad_x = F.fold(dcols, x.shape[2:], geo.kernel_size, geo.dilation, geo.padding, geo.stride)
     if ctx.needs_input_grad[1]:
         with record_function("sparse_conv2d.grad_weight"):
-            grad_v = torch.sparse.sampled_addmm(plan.pattern.matrix(values), g, columns(x, geo).T,
-                                                beta=0.0).values()
+            if p.kernel == "native":
+                grad_v = native.sddmm(p.crow, p.col, g.contiguous(), columns(x, geo).contiguous())
+            else:
+                grad_v = torch.sparse.sampled_addmm(p.matrix(values), g, columns(x, geo).T, beta=0.0).values()
     return grad_x, grad_v
 
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from ....flops import register_counter, weighted_row
 from ...topk import count_active
+from ..csr import native
 from ..csr.functional import Pattern
 from ..csr.indices import flat_from_mask, random_flat
 from ..csr.matrix import CSRWeight
@@ -41,8 +42,10 @@ class SparseConv2d(CSRWeight):
 
     Build it with :meth:`from_dense` (a masked ``nn.Conv2d``), :meth:`random` (never a dense
     weight) or directly from sorted flat positions of the (out, in, kh, kw) weight. Forward and both
-    gradients cost O(nnz · N·L); see :mod:`.functional`. ``kernel``: "auto" / "sparseprop" (sparseprop's
-    kernels where :func:`sparseprop_supports` the geometry and dtype, else unfold + MKL) or "mkl".
+    gradients cost O(nnz · N·L); see :mod:`.functional`. ``kernel``: "auto" (sparseprop's kernels
+    where :func:`sparseprop_supports` the geometry and dtype, else unfold + the native C kernels
+    where built, else unfold + MKL), "sparseprop" (the same), "native" or "mkl" (unfold + that
+    kernel).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, flat: torch.Tensor,
@@ -99,9 +102,17 @@ class SparseConv2d(CSRWeight):
         return self.kernel in ("auto", "sparseprop") and sparseprop_supports(self.geometry, self.values.dtype)
 
     def plan(self) -> Plan:
-        kernel = "sparseprop" if self.uses_sparseprop() else "mkl"
+        kernel = "sparseprop" if self.uses_sparseprop() else self._unfold_kernel()
         pattern = Pattern(self.shape, self.crow_indices, self.col_indices, self.transposed, kernel)
         return Plan(pattern, self.geometry, self._sparseprop_indices() if kernel == "sparseprop" else None)
+
+    def _unfold_kernel(self) -> str:
+        """The products of the unfold path: "native" when asked for (or under "auto" where built,
+        float32), else "mkl"."""
+        if self.kernel == "native":
+            return "native"
+        ok = self.values.dtype == torch.float32 and self.values.device.type == "cpu" and native.available()
+        return "native" if self.kernel == "auto" and ok else "mkl"
 
     def _sparseprop_indices(self) -> tuple:
         """sparseprop's index arrays, built at first use and kept while the pattern lives."""

@@ -13,10 +13,11 @@ Which layers: plain nn.Conv2d with groups = 1 and zero padding given as numbers 
 depthwise convolutions stay masked-dense, :func:`unsupported_reason`) whose density is at most
 ``policy.max_density``, whose weight has at least ``policy.conv_min_size`` entries (a forward
 pass costs nnz × output positions, so a conv weight pays off far below a Linear's ``min_size``)
-and, unless ``conv_kernel="mkl"``, whose geometry sparseprop's kernels cover (float32, square
-kernel, stride 1 or 2, no dilation): unfold + MKL pays the dense unfold in every pass and trains
-slower than dense (docs/performance.md). ``policy.conv_kernel`` picks the products: "auto" (sparseprop's direct
-kernels where they cover the geometry, else unfold + MKL CSR), "sparseprop" or "mkl".
+and, unless ``conv_kernel`` is "mkl" or "native", whose geometry sparseprop's kernels cover
+(float32, square kernel, stride 1 or 2, no dilation): the unfold path pays the dense unfold in
+every pass and trained slower than dense with MKL (docs/performance.md). ``policy.conv_kernel``
+picks the products: "auto" (sparseprop's direct kernels where they cover the geometry, else
+unfold + the native kernels where built, else unfold + MKL), "sparseprop", "native" or "mkl".
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def choose_conv(policy: BackendPolicy, name: str, conv: nn.Conv2d, active: int) 
     """'sparse' or 'dense' for the weight ``name`` of ``conv``: an override, else density ≤
     max_density, at least ``conv_min_size`` weights and, under ``conv_kernel="auto"``, a geometry
     sparseprop's kernels cover (unfold + MKL trains 3–5× slower than dense: docs/performance.md)."""
-    fast = policy.conv_kernel == "mkl" or sparseprop_supports(geometry_of(conv), conv.weight.dtype)
+    fast = policy.conv_kernel in ("mkl", "native") or sparseprop_supports(geometry_of(conv), conv.weight.dtype)
     if not fast and policy.override(name) is None:
         return "dense"
     return policy.choose(name, conv.weight.numel(), active, min_size=policy.conv_min_size)
