@@ -14,15 +14,16 @@ from sparsetrain.sparsity.backend import SparseEngine, use_dense_backend, use_sp
 from sparsetrain.sparsity.storage.csr import (SparseGRU, SparseLinear, SparseLSTM, densify_model, export_sparse,
                                               load_sparse, sparsify_model)
 from sparsetrain.sparsity.engine import SparsityEngine
+from sparsetrain.sparsity.storage.csr import native
 
 VOCAB = 11
 PAIRS = [(nn.LSTM, SparseLSTM), (nn.GRU, SparseGRU)]
 
 
-def masked_rnn(cls, layers, batch_first, bias=True, seed=0, density=0.4):
+def masked_rnn(cls, layers, batch_first, bias=True, seed=0, density=0.4, dtype=torch.float64):
     """A float64 nn.LSTM/nn.GRU (input 7, hidden 5) with random masks applied; returns (rnn, masks)."""
     torch.manual_seed(seed)
-    rnn = cls(7, 5, num_layers=layers, batch_first=batch_first, bias=bias).double()
+    rnn = cls(7, 5, num_layers=layers, batch_first=batch_first, bias=bias).to(dtype)
     masks = {}
     with torch.no_grad():
         for name, p in rnn.named_parameters():
@@ -41,13 +42,20 @@ def states(out):
 @pytest.mark.parametrize("cls,sparse_cls", PAIRS)
 @pytest.mark.parametrize("layers", [1, 2])
 @pytest.mark.parametrize("batch_first", [False, True])
-def test_forward_states_and_all_gradients_match_torch(cls, sparse_cls, layers, batch_first):
-    rnn, masks = masked_rnn(cls, layers, batch_first)
+@pytest.mark.parametrize("kernel", ["mkl", "native"])
+def test_forward_states_and_all_gradients_match_torch(cls, sparse_cls, layers, batch_first, kernel):
+    # float64 runs on MKL; the native kernels are float32 (compared at float32 tolerance)
+    dtype, tol = (torch.float64, 1e-12) if kernel == "mkl" else (torch.float32, 1e-5)
+    if kernel == "native" and not native.available():
+        pytest.skip("the native kernels were not built")
+    rnn, masks = masked_rnn(cls, layers, batch_first, dtype=dtype)
     sp = sparse_cls.from_dense(rnn, masks)
+    for layer in sp.matrices().values():
+        layer.kernel = kernel
     assert type(sp) is sparse_cls and isinstance(sp.weight_hh_l0, SparseLinear)
     g = torch.Generator().manual_seed(1)
-    x = torch.randn((3, 4, 7) if batch_first else (4, 3, 7), generator=g, dtype=torch.float64)  # T=4, B=3
-    h0 = [torch.randn(layers, 3, 5, generator=g, dtype=torch.float64) for _ in range(2 if cls is nn.LSTM else 1)]
+    x = torch.randn((3, 4, 7) if batch_first else (4, 3, 7), generator=g, dtype=dtype)  # T=4, B=3
+    h0 = [torch.randn(layers, 3, 5, generator=g, dtype=dtype) for _ in range(2 if cls is nn.LSTM else 1)]
     inputs = [t.clone().requires_grad_() for t in [x] + h0], [t.clone().requires_grad_() for t in [x] + h0]
     outs = []
     for module, (xi, *hi) in ((rnn, inputs[0]), (sp, inputs[1])):
@@ -55,20 +63,20 @@ def test_forward_states_and_all_gradients_match_torch(cls, sparse_cls, layers, b
         outs.append(out)
     (ya, *sa), (yb, *sb) = [(o[0], *states(o)) for o in outs]
     assert ya.shape == yb.shape and [s.shape for s in sa] == [s.shape for s in sb]
-    assert torch.allclose(ya, yb, atol=1e-12)
+    assert torch.allclose(ya, yb, atol=tol)
     for a, b in zip(sa, sb):
-        assert torch.allclose(a, b, atol=1e-12)
+        assert torch.allclose(a, b, atol=tol)
     # a loss reading the output and every final state
-    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in [ya, *sa]]
+    weights = [torch.randn(t.shape, generator=g, dtype=dtype) for t in [ya, *sa]]
     sum((w * t).sum() for w, t in zip(weights, [ya, *sa])).backward()
     sum((w * t).sum() for w, t in zip(weights, [yb, *sb])).backward()
     for a, b in zip(*inputs):
-        assert torch.allclose(a.grad, b.grad, atol=1e-12)                  # input, h0 (, c0)
+        assert torch.allclose(a.grad, b.grad, atol=tol)                  # input, h0 (, c0)
     for name, layer in sp.matrices().items():
         dense_grad = getattr(rnn, name).grad
-        assert torch.allclose(layer.values.grad, dense_grad[masks[name]], atol=1e-12), name
+        assert torch.allclose(layer.values.grad, dense_grad[masks[name]], atol=tol), name
         bias = name.replace("weight", "bias")
-        assert torch.allclose(getattr(sp, bias).grad, getattr(rnn, bias).grad, atol=1e-12), bias
+        assert torch.allclose(getattr(sp, bias).grad, getattr(rnn, bias).grad, atol=tol), bias
 
 
 @pytest.mark.parametrize("cls,sparse_cls", PAIRS)

@@ -214,6 +214,7 @@ class SequenceWeight:
 
     def __init__(self, values: torch.Tensor, pattern: Pattern, sink: Optional[List] = None):
         self.values, self.pattern, self.sink = values, pattern, sink
+        self.kernel = "native" if resolve_kernel(pattern.kernel, values) == "native" else "mkl"
         self.matrix = pattern.matrix(values.detach())
         self.pairs: List[Tuple[torch.Tensor, torch.Tensor]] = []
         self._transposed: Optional[torch.Tensor] = None
@@ -225,6 +226,31 @@ class SequenceWeight:
         if self._transposed is None:
             self._transposed = self.pattern.transposed_matrix(self.values.detach())
         return self._transposed
+
+    def product(self, h: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """h Wᵀ (+ b), column-major."""
+        if self.kernel == "native":
+            y = _column_major(h.shape[0], self.pattern.shape[0], h)
+            native.spmm(self.pattern.crow, self.pattern.col, self.values.detach(), h.T.contiguous(),
+                        None if bias is None else bias.detach().contiguous(), out=y.T)
+            return y
+        y = torch.sparse.mm(self.matrix, h.T).T
+        return y if bias is None else y + bias
+
+    def product_transposed(self, g: torch.Tensor) -> torch.Tensor:
+        """g W, column-major."""
+        if self.kernel == "native":
+            t = self.transposed()
+            out = _column_major(g.shape[0], self.pattern.shape[1], g)
+            native.spmm(t.crow_indices(), t.col_indices(), t.values(), g.T.contiguous(), out=out.T)
+            return out
+        return torch.sparse.mm(self.transposed(), g.T).T
+
+    def sampled(self, g_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(gᵀ x) at the pattern, for gᵀ (out × rows) and x (rows × in)."""
+        if self.kernel == "native":
+            return native.sddmm(self.pattern.crow, self.pattern.col, g_t.contiguous(), x.T.contiguous())
+        return torch.sparse.sampled_addmm(self.matrix, g_t, x, beta=0.0).values()
 
     def step(self, h: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         return _SequenceStep.apply(h, self.token, bias, self)
@@ -245,7 +271,7 @@ class _SequenceWeightGrad(torch.autograd.Function):
         # gᵀ concatenated column-wise is row-major, as the sampled product wants it (no extra transpose copy)
         x, g_t = torch.cat([p[0] for p in pairs]), torch.cat([p[1].T for p in pairs], dim=1)
         with record_function("sparse_rnn.grad_weight"):
-            grad_v = torch.sparse.sampled_addmm(seq.matrix, g_t, x, beta=0.0).values()
+            grad_v = seq.sampled(g_t, x)
         if seq.sink is not None:
             seq.sink.append((x, g_t.T))
         return grad_v, None
@@ -256,9 +282,7 @@ class _SequenceStep(torch.autograd.Function):
     def forward(ctx, h: torch.Tensor, token: Optional[torch.Tensor], bias: Optional[torch.Tensor],
                 seq: SequenceWeight) -> torch.Tensor:
         with record_function("sparse_rnn.step"):
-            y = torch.sparse.mm(seq.matrix, h.T).T
-            if bias is not None:
-                y = y + bias
+            y = seq.product(h, bias)
         ctx.save_for_backward(h)
         ctx.seq, ctx.has_bias = seq, bias is not None
         return y
@@ -270,7 +294,7 @@ class _SequenceStep(torch.autograd.Function):
         grad_h = grad_token = grad_b = None
         if ctx.needs_input_grad[0]:
             with record_function("sparse_rnn.grad_input"):
-                grad_h = torch.sparse.mm(seq.transposed(), grad.T).T
+                grad_h = seq.product_transposed(grad)
         if ctx.needs_input_grad[1]:
             seq.pairs.append((h.detach(), grad.detach()))
             grad_token = grad.new_zeros(())
