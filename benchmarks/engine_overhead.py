@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from perf_common import finish, machine, read_json, spread, with_range, write_json  # noqa: E402
+from perf_common import add_io_flags, command, conclude, machine, read_json, spread, with_range  # noqa: E402
 
 from sparsetrain import SparsityEngine  # noqa: E402
 
@@ -147,8 +147,7 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", default="2", help="thread counts, comma-separated, run in turn")
     ap.add_argument("--models", default="mlp,cnn", help="mlp, cnn or both")
-    ap.add_argument("--out", help="write the raw results (JSON) here")
-    ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a results file and exit")
+    add_io_flags(ap)
     args = ap.parse_args(argv)
     if args.report:
         return print(report(read_json(args.report)))
@@ -157,7 +156,7 @@ def main(argv=None) -> None:
     chosen = args.models.split(",")
     models = {name: make for name, make in MODELS.items() if make.__name__ in chosen}
     threads = [int(t) for t in args.threads.split(",")]
-    results = {"command": " ".join(["benchmarks/engine_overhead.py"] + list(argv if argv is not None else sys.argv[1:])),
+    results = {"command": command("engine_overhead.py", argv),
                "machine": machine(threads[0]), "runs": []}
     before = torch.get_num_threads()
     try:
@@ -170,11 +169,7 @@ def main(argv=None) -> None:
                                     "loadavg_after": list(os.getloadavg())})
     finally:
         torch.set_num_threads(before)
-    finish(results)
-    if args.out:
-        write_json(args.out, results)
-        print(f"wrote {args.out}")
-    print(report(results))
+    conclude(results, args.out, report)
 
 
 if __name__ == "__main__":

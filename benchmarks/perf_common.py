@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from typing import Dict, Iterable, List
 
@@ -31,6 +32,26 @@ def finish(results: dict) -> dict:
     """Record the load average and time at the end of the run into ``results["machine"]``."""
     results["machine"].update(loadavg_after=list(os.getloadavg()), finished=utc_now())
     return results
+
+
+def add_io_flags(ap) -> None:
+    """``--out FILE.json`` (write the raw results) and ``--report FILE.json`` (print the table)."""
+    ap.add_argument("--out", help="write the raw results (JSON) here")
+    ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a results file and exit")
+
+
+def command(script: str, argv) -> str:
+    """The command line that made a results file (``argv`` None: this process's own)."""
+    return " ".join([f"benchmarks/{script}"] + list(argv if argv is not None else sys.argv[1:]))
+
+
+def conclude(results: dict, out, report) -> None:
+    """End of a run: record the final load, write ``out`` (if given), print ``report(results)``."""
+    finish(results)
+    if out:
+        write_json(out, results)
+        print(f"wrote {out}")
+    print(report(results))
 
 
 def spread(samples: Iterable[float]) -> Dict[str, float]:

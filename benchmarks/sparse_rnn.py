@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from perf_common import finish, machine, read_json, spread, with_range, write_json  # noqa: E402
+from perf_common import (add_io_flags, command, conclude, machine, read_json, spread, with_range,  # noqa: E402
+                         write_json)
 
 from sparsetrain.sparsity.storage.csr import SparseGRU, SparseLSTM  # noqa: E402
 from sparsetrain.sparsity.masks import random_mask  # noqa: E402
@@ -122,8 +123,7 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--per-round", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", help="write the raw results (JSON) here")
-    ap.add_argument("--report", metavar="JSON", help="print the Markdown table of a results file and exit")
+    add_io_flags(ap)
     args = ap.parse_args(argv)
     if args.report:
         return print(report(read_json(args.report)))
@@ -131,17 +131,13 @@ def main(argv=None) -> None:
     if any(cell not in CELLS for cell, _ in configs):
         ap.error(f"--configs: cells are {', '.join(sorted(CELLS))}")
     torch.set_num_threads(args.threads)
-    results = {"command": " ".join(["benchmarks/sparse_rnn.py"] + list(argv if argv is not None else sys.argv[1:])),
+    results = {"command": command("sparse_rnn.py", argv),
                "machine": machine(args.threads), "configs": []}
     for cell, hidden in configs:
         results["configs"].append(run_config(cell, hidden, args))
         if args.out:
             write_json(args.out, results)  # after every configuration: a stopped run keeps what it measured
-    finish(results)
-    if args.out:
-        write_json(args.out, results)
-        print(f"wrote {args.out}")
-    print(report(results))
+    conclude(results, args.out, report)
 
 
 if __name__ == "__main__":
