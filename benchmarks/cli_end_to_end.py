@@ -1,6 +1,6 @@
 """End to end from the command line: `sparsetrain train` on the masked and the sparse backend.
 
-    python benchmarks/cli_end_to_end.py --out docs/perf/cli_end_to_end.json      # ~8 min on an idle 2-core machine
+    python benchmarks/cli_end_to_end.py --out docs/perf/cli_end_to_end.json      # minutes: the masked child dominates
     python benchmarks/cli_end_to_end.py --report docs/perf/cli_end_to_end.json   # the table of docs/performance.md
 
 Protocol: the wide-MLP recipe of docs/performance.md ("End to end from the command line"):
@@ -95,7 +95,7 @@ def one_run(variant: str, args, env: Dict[str, str]) -> dict:
 
 def report(results: dict) -> str:
     """The Markdown table of a results file: per variant wall time, test accuracy, peak RSS."""
-    rows = ["| backend | wall time, s | test accuracy | peak RSS (whole process, data included) |", "|---|---|---|---|"]
+    rows = ["| backend | wall time | test accuracy | peak RSS (whole process, data included) |", "|---|---|---|---|"]
     for variant, (label, _) in VARIANTS.items():
         runs = [r for r in results["runs"] if r["variant"] == variant]
         if not runs:
@@ -148,7 +148,8 @@ def main(argv=None) -> None:
     results = {"command": command("cli_end_to_end.py", argv),
                "machine": machine(args.threads),
                "recipe": {"dataset": args.dataset, "hidden": args.hidden, "sparsity": args.sparsity,
-                          "epochs": args.epochs, "steps": args.steps, "seed": args.seed},
+                          "epochs": args.epochs, "steps": args.steps, "seed": args.seed,
+                          "train.threads": args.threads},
                "runs": [], "skipped": {}}
     if "sparseprop" in variants and not have_sparseprop():
         results["skipped"]["sparseprop"] = "sparseprop is not installed"

@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     models = {name: make for name, make in MODELS.items() if make.__name__ in chosen}
     threads = [int(t) for t in args.threads.split(",")]
     results = {"command": command("engine_overhead.py", argv),
-               "machine": machine(threads[0]), "runs": []}
+               "machine": machine(threads), "runs": []}
     before = torch.get_num_threads()
     try:
         for t in threads:

@@ -20,8 +20,9 @@ def utc_now() -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
 
 
-def machine(threads: int) -> Dict[str, object]:
-    """What a timing depends on, recorded before the run: CPUs, torch, threads, load."""
+def machine(threads) -> Dict[str, object]:
+    """What a timing depends on, recorded before the run: CPUs, torch, the threads asked for (a count
+    or a list of counts), load."""
     import torch
 
     return {"cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,

@@ -130,13 +130,17 @@ def main(argv=None) -> None:
     configs = [(c.split(":")[0], int(c.split(":")[1])) for c in args.configs.split(",")]
     if any(cell not in CELLS for cell, _ in configs):
         ap.error(f"--configs: cells are {', '.join(sorted(CELLS))}")
-    torch.set_num_threads(args.threads)
     results = {"command": command("sparse_rnn.py", argv),
                "machine": machine(args.threads), "configs": []}
-    for cell, hidden in configs:
-        results["configs"].append(run_config(cell, hidden, args))
-        if args.out:
-            write_json(args.out, results)  # after every configuration: a stopped run keeps what it measured
+    before = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        for cell, hidden in configs:
+            results["configs"].append(run_config(cell, hidden, args))
+            if args.out:
+                write_json(args.out, results)  # after every configuration: a stopped run keeps what it measured
+    finally:
+        torch.set_num_threads(before)
     conclude(results, args.out, report)
 
 
