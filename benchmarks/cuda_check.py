@@ -186,13 +186,13 @@ def report(paths) -> str:
     return "\n".join(rows)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--report", nargs="+", metavar="JSON", help="print the Markdown table of result files and exit")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default="docs/perf/cuda_check.json")
     ap.add_argument("--skip-speed", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     if a.report:
         print(report(a.report))
         return 0

@@ -1,6 +1,7 @@
 """Cost of the SparsityEngine hooks relative to a plain training step (masked-dense engine, CPU).
 
-    python benchmarks/engine_overhead.py [--repeats 7] [--steps 50] [--threads 2]
+    python benchmarks/engine_overhead.py --threads 2,1 --out docs/perf/engine_overhead.json
+    python benchmarks/engine_overhead.py --report docs/perf/engine_overhead.json   # the doc's table
 
 Protocol
 --------
@@ -13,21 +14,29 @@ Protocol
   the two hooks are also timed on their own), and update (the engine with ΔT = 1, so every step is
   a RigL topology update: the hooks, ``after_backward`` + ``after_step`` with drop/grow, are timed;
   RigL takes no optimizer step there). Per repeat the mean per step is taken; the table reports
-  the median over repeats, and ratios to the plain step and to ``optimizer.step()`` alone.
+  the median [min–max] over repeats and ratios of medians to the plain step. The update-step
+  figure rests on ``--repeats`` × ``--steps`` updates (at least 10 are required).
+* ``--threads 2,1`` runs everything once per thread count, in that order, into one file.
+  ``--out`` stores every timed step (seconds) with the machine and its load before and after;
+  ``--report`` prints the table from that file alone.
 * Per step, an update costs ``update hooks`` once every ΔT steps: divide by ΔT (100 in the paper)
   for its amortised share.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import sys
 import time
 from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
 
-from sparsetrain import SparsityEngine
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from perf_common import add_io_flags, command, conclude, machine, read_json, spread, with_range  # noqa: E402
+
+from sparsetrain import SparsityEngine  # noqa: E402
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -84,53 +93,83 @@ class Setup:
         return {"step": t4 - t0, "opt": t3 - t2, "hooks": (t2 - t1) + (t4 - t3)}
 
 
-def mean_over(setup: Setup, steps: int) -> Dict[str, float]:
-    rows = [setup.step() for _ in range(steps)]
-    return {k: sum(r[k] for r in rows) / steps for k in rows[0]}
+MODELS = {"MLP 784-300-100-10, batch 128": mlp, "CNN 3×32×32 c32-c64-fc, batch 64": cnn}
+#: the timed parts kept per setup: plain step (and its optimizer.step()), engine step and hooks, update hooks
+FIELDS = {"plain": ("step", "opt"), "engine": ("step", "hooks"), "update": ("hooks",)}
+MIN_UPDATE_SAMPLES = 10
 
 
-def measure(make: Callable, repeats: int, steps: int) -> Dict[str, float]:
-    """Medians (seconds per step) over ``repeats`` interleaved rounds of the three setups."""
+def measure(make: Callable, repeats: int, steps: int) -> Dict[str, Dict[str, List[List[float]]]]:
+    """Seconds of every timed part of every step: setup -> field -> repeat -> steps. The three
+    setups run in interleaved repeats."""
     setups = {"plain": Setup(make, False), "engine": Setup(make, True), "update": Setup(make, True, delta_t=1)}
     for s in setups.values():  # warm-up: allocator, optimizer state, first update
-        mean_over(s, 5)
-    rounds: Dict[str, List[Dict[str, float]]] = {k: [] for k in setups}
+        for _ in range(5):
+            s.step()
+    raw = {k: {f: [] for f in FIELDS[k]} for k in setups}
     for _ in range(repeats):
         for k, s in setups.items():
-            rounds[k].append(mean_over(s, steps))
-
-    def med(k: str, field: str) -> float:
-        return statistics.median(r[field] for r in rounds[k])
-
+            rows = [s.step() for _ in range(steps)]
+            for f in FIELDS[k]:
+                raw[k][f].append([r[f] for r in rows])
     assert setups["update"].engine.last_update["step"] == setups["update"].i - 1
-    return {"plain": med("plain", "step"), "opt": med("plain", "opt"), "engine": med("engine", "step"),
-            "hooks": med("engine", "hooks"), "update": med("update", "hooks")}
+    return raw
 
 
-def table(results: Dict[str, Dict[str, float]]) -> str:
-    head = ("| model | plain step ms | optimizer.step() ms | engine step ms (non-update) | hooks ms (non-update) "
-            "| hooks / plain step | hooks / opt.step | update hooks ms | update / plain step | update / opt.step |")
-    lines = [head, "|" + "---|" * 10]
-    for name, r in results.items():
-        ms = {k: 1e3 * v for k, v in r.items()}
-        lines.append(f"| {name} | {ms['plain']:.2f} | {ms['opt']:.3f} | {ms['engine']:.2f} | {ms['hooks']:.3f} "
-                     f"| {r['hooks'] / r['plain']:.3f} | {r['hooks'] / r['opt']:.2f} | {ms['update']:.2f} "
-                     f"| {r['update'] / r['plain']:.2f} | {r['update'] / r['opt']:.1f} |")
-    return "\n".join(lines)
+def summary(raw: Dict[str, Dict[str, List[List[float]]]]) -> Dict[str, Dict[str, float]]:
+    """Median, min and max over repeats of the per-repeat mean, in ms, per (setup, field)."""
+    return {f"{k}/{f}": spread(1e3 * sum(rep) / len(rep) for rep in reps)
+            for k, fields in raw.items() for f, reps in fields.items()}
 
 
-def main() -> None:
+def report(results: dict) -> str:
+    """The Markdown table of a results file (docs/performance.md)."""
+    rows = ["| model | threads | plain step ms | hooks ms, regular step | ÷ plain step | update step hooks ms (n) "
+            "| ÷ plain step |", "|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        for name, raw in run["models"].items():
+            s = summary(raw)
+            plain, hooks, upd = s["plain/step"], s["engine/hooks"], s["update/hooks"]
+            n = sum(len(rep) for rep in raw["update"]["hooks"])
+            rows.append(f"| {name} | {run['threads']} | {with_range(plain, 2)} | {with_range(hooks, 3)} "
+                        f"| {hooks['median'] / plain['median']:.3f} | {with_range(upd, 2)} ({n}) "
+                        f"| {upd['median'] / plain['median']:.2f} |")
+    m, r = results["machine"], results["runs"][0]
+    rows += ["", f"torch {m['torch']}, {m['cpus']} CPUs, RigL S=0.9 ERK; median [min–max] over {r['repeats']} "
+             f"repeats of the mean over {r['steps']} steps; 1-min load average {m['loadavg_before'][0]:.1f} before, "
+             f"{m['loadavg_after'][0]:.1f} after."]
+    return "\n".join(rows)
+
+
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    models = {"MLP 784-300-100-10, batch 128": mlp, "CNN 3x32x32 c32-c64-fc, batch 64": cnn}
-    results = {name: measure(make, args.repeats, args.steps) for name, make in models.items()}
-    print(f"torch {torch.__version__}, {args.threads} threads, RigL S=0.9 ERK, median of {args.repeats} "
-          f"repeats x {args.steps} steps\n")
-    print(table(results))
+    ap.add_argument("--threads", default="2", help="thread counts, comma-separated, run in turn")
+    ap.add_argument("--models", default="mlp,cnn", help="mlp, cnn or both")
+    add_io_flags(ap)
+    args = ap.parse_args(argv)
+    if args.report:
+        return print(report(read_json(args.report)))
+    if args.repeats * args.steps < MIN_UPDATE_SAMPLES:
+        ap.error(f"--repeats × --steps must give at least {MIN_UPDATE_SAMPLES} update samples")
+    chosen = args.models.split(",")
+    models = {name: make for name, make in MODELS.items() if make.__name__ in chosen}
+    threads = [int(t) for t in args.threads.split(",")]
+    results = {"command": command("engine_overhead.py", argv),
+               "machine": machine(threads), "runs": []}
+    before = torch.get_num_threads()
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            results["runs"].append({"threads": t, "repeats": args.repeats, "steps": args.steps,
+                                    "loadavg_before": list(os.getloadavg()),
+                                    "models": {name: measure(make, args.repeats, args.steps)
+                                               for name, make in models.items()},
+                                    "loadavg_after": list(os.getloadavg())})
+    finally:
+        torch.set_num_threads(before)
+    conclude(results, args.out, report)
 
 
 if __name__ == "__main__":

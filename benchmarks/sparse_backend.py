@@ -52,6 +52,9 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from perf_common import select_tables, write_json  # noqa: E402
+
 MODELS = {"small": [784, 1024, 1024, 10], "wide": [1024, 4096, 4096, 4096, 10],
           "tiny": [784, 256, 256, 10]}  # tiny: warm-up only (loads kernels before the RSS baseline)
 BACKENDS = ("dense", "masked", "sparse", "sparse-mkl", "sparse-lean", "sparse-sp", "rigl-torch")
@@ -733,6 +736,17 @@ def compare_md(before: dict, after: dict) -> str:
     return "\n".join(rows) + "\n"
 
 
+def report_text(report: Optional[str], compare: Optional[List[str]] = None) -> str:
+    """What ``--report JSON`` (or ``--compare BEFORE AFTER``) prints."""
+    if compare:
+        with open(compare[0]) as fb, open(compare[1]) as fa:
+            return compare_md(json.load(fb), json.load(fa))
+    with open(report) as f:
+        if report.endswith(".jsonl"):    # the per-layer lines kernel_table prints
+            return _kernel_md({"kernels": dict(_kernel_line(line) for line in f if line.strip())})
+        return markdown(json.load(f))
+
+
 # --- driver ----------------------------------------------------------------------------------------
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -760,18 +774,15 @@ def main(argv=None) -> None:
     ap.add_argument("--report", metavar="JSON", help="print the Markdown tables of a results file and exit")
     ap.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"),
                     help="print the before/after table of two results files and exit")
+    ap.add_argument("--table", metavar="N|N-M", help="with --report/--compare: print only the N-th table "
+                    "(or tables N to M; tables are the blocks between blank lines)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
         return child(args.child)
-    if args.compare:
-        with open(args.compare[0]) as fb, open(args.compare[1]) as fa:
-            return print(compare_md(json.load(fb), json.load(fa)))
-    if args.report:
-        with open(args.report) as f:
-            if args.report.endswith(".jsonl"):    # the per-layer lines kernel_table prints
-                return print(_kernel_md({"kernels": dict(_kernel_line(line) for line in f if line.strip())}))
-            return print(markdown(json.load(f)))
+    if args.compare or args.report:
+        text = report_text(args.report, args.compare)
+        return print(select_tables(text, args.table) if args.table else text)
     torch.set_num_threads(args.threads)
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                            "torch": torch.__version__, "loadavg_start": os.getloadavg()},
@@ -810,16 +821,11 @@ def main(argv=None) -> None:
                     "share": active_share(m, s, opt_kind),
                     **{b: measure_memory(m, s, b, opt_kind) for b in backends}}
             results["export"][key] = export_sizes(m, s, os.path.dirname(os.path.abspath(args.out)))
-            _write(args.out, results)             # after every group: a stopped run keeps what it measured
+            write_json(args.out, results)             # after every group: a stopped run keeps what it measured
     results["machine"]["loadavg_end"] = os.getloadavg()
-    _write(args.out, results)
+    write_json(args.out, results)
     print(f"wrote {args.out}")
 
-
-def _write(path: str, results: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from perf_common import read_json, select_tables  # noqa: E402
 from sparse_backend import Runner, _dense_step, _engine_step, _reset_peak, _status_kb  # noqa: E402
 
 from sparsetrain.data.base import DataInfo  # noqa: E402
@@ -250,22 +251,21 @@ def memory_table(jobs) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="docs/perf/sparse_conv.json")
     p.add_argument("--parts", default="layers,models,memory")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--child")
-    p.add_argument("--markdown", help="print the tables of a result JSON and exit")
-    a = p.parse_args()
+    p.add_argument("--report", "--markdown", dest="report", metavar="JSON",
+                   help="print the tables of a result JSON and exit")
+    p.add_argument("--table", metavar="N|N-M", help="with --report: print only the N-th table (or tables N to M)")
+    a = p.parse_args(argv)
     if a.child:
         return child(a.child)
-    if a.markdown:
-        with open(a.markdown) as f:
-            res = json.load(f)
-        tables = {"layers": layers_md, "models": models_md, "memory": memory_md}
-        print("\n\n".join(fn(res[k]) for k, fn in tables.items() if k in res))
-        return None
+    if a.report:
+        text = report(read_json(a.report))
+        return print(select_tables(text, a.table) if a.table else text)
     torch.set_num_threads(2)
     res = {"torch": torch.__version__, "threads": 2, "cpus": os.cpu_count(), "started": time.strftime("%H:%M UTC")}
     parts = a.parts.split(",")
@@ -284,6 +284,12 @@ def main() -> None:
 
 
 # --- markdown ---------------------------------------------------------------------------------------
+def report(res: dict) -> str:
+    """The tables of docs/performance.md (per layer, models, memory) from a results JSON."""
+    tables = {"layers": layers_md, "models": models_md, "memory": memory_md}
+    return "\n\n".join(fn(res[k]) for k, fn in tables.items() if k in res)
+
+
 def _ratio(v: dict) -> str:
     return f"{v['ratio']:.2f}× ({v['ratio_min']:.2f}–{v['ratio_max']:.2f})"
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from perf_common import read_json  # noqa: E402
 from sparse_backend import Runner, _reset_peak, _status_kb, tensor_bytes  # noqa: E402
 
 DATA = os.environ.get("SPARSETRAIN_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -127,6 +128,22 @@ def end_to_end(width: int, density: float, steps: int, delta_t: int) -> dict:
     return log
 
 
+def report(results: dict) -> str:
+    """The width table of docs/performance.md from a results JSON. "× nonzeros' share" is the
+    persistent bytes over density × the dense model's weights and Adam moments (12 bytes a weight)."""
+    density = results.get("density", 0.01)   # files written before the density was stored: the default
+    rows = ["| width W | weights (dense) | nonzeros | dense + Adam would need | sparse persistent | × nonzeros' share "
+            "| peak RSS (train) | step | update step |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results["scaling"]:
+        b = r["bytes"]
+        persistent = b["weights"] + b["indices"] + b["optimizer"] + b["masks"]
+        rows.append(f"| {r['width']} | {r['params'] / 1e6:,.1f} M | {r['nnz'] / 1e6:.2f} M | "
+                    f"{16 * r['params'] / 1e9:.2f} GB | {persistent / 2 ** 20:.1f} MB | "
+                    f"{persistent / (density * 12 * r['params']):.2f}× | {r['train_peak_mb']:,.0f} MB | "
+                    f"{1e3 * r['step_s']:,.0f} ms | {r['update_step_s']:.1f} s |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--widths", default="2048,4096,8192,16384,32768")
@@ -137,10 +154,13 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="docs/perf/sparse_scaling.json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--report", metavar="JSON", help="print the width table of a results file and exit")
     args = ap.parse_args(argv)
     if args.child:
         return child(int(args.child), args.density)
-    out = {"scaling": []}
+    if args.report:
+        return print(report(read_json(args.report)))
+    out = {"density": args.density, "scaling": []}
     for w in map(int, args.widths.split(",")):
         res = subprocess.run([sys.executable, __file__, "--child", str(w), "--density", str(args.density)],
                              capture_output=True, text=True, check=True)
