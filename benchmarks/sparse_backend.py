@@ -679,14 +679,17 @@ def _kernel_md(r: dict) -> str:
     if "kernels" not in r:
         return ""
     names = [n for n in next(iter(r["kernels"].values())) if n != "load"]
-    rows = ["| layer (out x in) @ density | " + " | ".join(names) + " | useful-FLOP throughput vs dense GEMM: "
-            "MKL csr / native / sparseprop | others' CPU share |", "|---" * (len(names) + 3) + "|"]
+    has_native = "layer step native" in names  # files measured before the native kernels lack it
+    what = "MKL csr / native / sparseprop" if has_native else "csr (sparseprop)"
+    rows = ["| layer (out x in) @ density | " + " | ".join(names) + f" | useful-FLOP throughput vs dense GEMM: "
+            f"{what} | others' CPU share |", "|---" * (len(names) + 3) + "|"]
     for key, k in r["kernels"].items():
         d = float(key.split("@")[1])
         eff = lambda n: f"{100 * d * k['layer step dense'] / k[n]:.0f} %" if n in k else "–"  # noqa: E731
         load = f"{100 * k['load']['foreign_cpu_share']:.0f} %" if "load" in k else "–"
         rows.append(f"| {key} | " + " | ".join(f"{k[n]:.2f}" if n in k else "–" for n in names)
-                    + f" | {eff('layer step csr')} / {eff('layer step native')} / {eff('layer step sparseprop')} | {load} |")
+                    + (f" | {eff('layer step csr')} / {eff('layer step native')} / {eff('layer step sparseprop')}"
+                       if has_native else f" | {eff('layer step csr')} ({eff('layer step sparseprop')})") + f" | {load} |")
     return "\n".join(rows) + "\n\n" + _reconcile_md(r)
 
 
