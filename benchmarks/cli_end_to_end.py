@@ -36,7 +36,9 @@ from perf_common import add_io_flags, command, conclude, machine, read_json, spr
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "masked": ("masked (dense weights × masks)", ["--set", "sparsity.backend=masked"]),
-    "sparse": ("sparse", ["--set", "sparsity.backend=sparse"]),
+    "sparse": ("sparse (default kernel: native where built)", ["--set", "sparsity.backend=sparse"]),
+    "sparse-mkl": ('sparse, `backend_options={"kernel": "mkl"}`',
+                   ["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"kernel": "mkl"}']),
     "sparseprop": ('sparse, `backend_options={"kernel": "sparseprop", "cache_transpose": false}`',
                    ["--set", "sparsity.backend=sparse", "--set",
                     'sparsity.backend_options={"kernel": "sparseprop", "cache_transpose": false}']),

@@ -101,7 +101,7 @@ def test_cli_end_to_end_report_from_hand_made_runs():
            "skipped": {"sparseprop": "sparseprop is not installed"}}
     lines = cli_end_to_end.report(res).split("\n")
     assert lines[2] == "| masked (dense weights × masks) | 400.0 s | 94.63 % | 2.52 GB |"
-    assert lines[3] == "| sparse | 30.0 s [20.0–32.0] (3) | 94.60 % [94.50–94.70] (3) | 1.26 GB [1.25–1.27] (3) |"
+    assert lines[3] == "| sparse (default kernel: native where built) | 30.0 s [20.0–32.0] (3) | 94.60 % [94.50–94.70] (3) | 1.26 GB [1.25–1.27] (3) |"
     assert lines[4].endswith("| not run: sparseprop is not installed | – | – |")
     res["runs"][0]["error"] = "Traceback ..."
     assert cli_end_to_end.report(res).split("\n")[2] == "| masked (dense weights × masks) | failed | – | – |"
@@ -120,4 +120,4 @@ def test_cli_end_to_end_runs_sparsetrain_and_reads_its_summary(tmp_path, capsys)
     assert run["compressed_layers"] == ["layers.0.weight"]  # 784 x 128 is the one layer above min_size
     assert run["peak_rss_mb"] > 50 and run["wall_s"] > run["train_wall_s"] > 0
     assert "sparsity.backend=sparse" in run["command"]
-    assert "| sparse | " in capsys.readouterr().out
+    assert "| sparse (default kernel: native where built) | " in capsys.readouterr().out
