@@ -138,3 +138,23 @@ def test_native_kernel_missing_is_a_config_error(monkeypatch):
     monkeypatch.setattr(native, "available", lambda: False)
     with pytest.raises(ConfigError, match="kernel 'native' was not built"):
         BackendPolicy(kernel="native")
+
+
+@needs_native
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_split_by_nonzeros_give_the_same_products(threads, build):
+    # big enough for several threads (2¹⁸ multiply-adds each); rows of very uneven length: the
+    # first 16 rows hold most nonzeros, so a split by rows would differ from one by nonzeros
+    w, crow, col, vals = random_csr(300, 400, 0.05, 7)
+    w[:16] = torch.randn(16, 400)
+    c = w.to_sparse_csr()
+    crow, col, vals = c.crow_indices().to(torch.int32), c.col_indices().to(torch.int32), c.values().contiguous()
+    x, g = torch.randn(400, 96), torch.randn(300, 96)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        y, v = native.spmm(crow, col, vals, x), native.sddmm(crow, col, g, x)
+    finally:
+        torch.set_num_threads(old)
+    torch.testing.assert_close(y, w @ x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(v, (g @ x.T)[w != 0], rtol=1e-4, atol=1e-4)

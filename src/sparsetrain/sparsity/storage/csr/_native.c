@@ -184,6 +184,9 @@ static void run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
     pthread_t tids[MAX_THREADS];
     int started[MAX_THREADS];
     const int64_t nnz = base.crow[m];
+    /* at least ~2^18 multiply-adds per thread: below that, starting a thread costs more than it saves */
+    const int64_t useful = (nnz * base.n >> 18) + 1;
+    if ((int64_t)threads > useful) threads = (int)useful;
     if (threads < 1) threads = 1;
     if (threads > MAX_THREADS) threads = MAX_THREADS;
     if ((int64_t)threads > m) threads = m > 0 ? (int)m : 1;
