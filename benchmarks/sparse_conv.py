@@ -12,13 +12,16 @@ Protocol
   the same round. ``os.getloadavg()`` is recorded before every round (the machine is shared).
 * Per layer (``layers``): C→C convs, 3×3 (padding 1) and 1×1, training step (forward + both
   gradients) at batch 16 and inference at batch 1; dense ``F.conv2d`` vs our ``SparseConv2d`` on
-  its two kernels ("sp": sparseprop's direct kernels; "mkl": unfold + MKL CSR) vs sparseprop's own
+  its kernels ("sp": sparseprop's direct kernels; "mkl": unfold + MKL CSR; "native": unfold + this
+  package's C kernels, where built) vs sparseprop's own
   ``SparseConv2d`` module (its kernel ceiling: the raw kernels behind one thin autograd function).
 * Models (``models``): RigL (ERK) on the masked-dense engine ("masked") and on the sparse storage
   ("sparse": the automatic per-layer policy; "sparse-all": every Linear / Conv2d (groups = 1)
   compressed, the model built sparse from the start) vs dense and vs "sparseprop": the dense
   model with every conv the policy compresses replaced by sparseprop's own SparseConv2d (static
-  masks, no engine). Regular training steps (ΔT = 100: no update during timing) and inference.
+  masks, no engine), and "sparse-native": the automatic policy with ``conv_kernel="native"``
+  (every conv the policy's density and size rules admit, on unfold + the native kernels).
+  Regular training steps (ΔT = 100: no update during timing) and inference.
 * Memory (``memory``): each configuration in a fresh subprocess; construction peak = VmHWM after
   building model + optimizer + engine minus VmRSS before; training peak after 3 steps (one a
   topology update) likewise; persistent bytes from the live tensors (weights, indices, optimizer).
@@ -104,9 +107,12 @@ def layer_variants(c: int, k: int, density: float) -> Dict[str, nn.Module]:
     from sparseprop.modules import SparseConv2d as SPConv
     conv = _masked_conv(c, k, density)
     out = {"dense": conv}
-    for kernel in ("sp", "mkl"):
+    from sparsetrain.sparsity.storage.csr import native
+    for kernel in ("sp", "mkl", "native"):
+        if kernel == "native" and not native.available():
+            continue
         layer = SparseConv2d.from_dense(conv)
-        layer.kernel = "auto" if kernel == "sp" else "mkl"
+        layer.kernel = {"sp": "sparseprop"}.get(kernel, kernel)
         out[kernel] = layer
     out["sparseprop"] = SPConv.from_dense(conv)
     return out
@@ -153,8 +159,9 @@ def model_runner(name: str, sparsity: float, config: str, x, y, seed: int = 0, d
     if config == "masked":
         engine = SparsityEngine(model, opt, "rigl", sparsity=sparsity, distribution=dist, **args)
         return Runner(config, model, opt, _engine_step(model, opt, engine, x, y), engine)
-    engine = SparseEngine(model, opt, "rigl", sparsity=sparsity, distribution=dist, **args)
-    if config == "sparse":
+    kernel = {"conv_kernel": "native"} if config == "sparse-native" else {}
+    engine = SparseEngine(model, opt, "rigl", sparsity=sparsity, distribution=dist, **args, **kernel)
+    if config in ("sparse", "sparse-native"):
         return Runner(config, model, engine.optimizer, _engine_step(model, engine.optimizer, engine, x, y), engine)
     return _sparseprop_runner(model, engine, x, y)
 
@@ -177,10 +184,11 @@ def _inputs(name: str, batch: int, seed: int = 0):
 
 
 def model_table(jobs, rounds: int) -> dict:
+    from sparsetrain.sparsity.storage.csr import native
     out = {}
     for name, batch, sparsity, phase, dist in jobs:
         x, y = _inputs(name, batch)
-        configs = ("dense", "masked", "sparse", "sparse-all", "sparseprop")
+        configs = ("dense", "masked", "sparse", "sparse-all", "sparseprop") + (("sparse-native",) if native.available() else ())
         runners = {c: model_runner(name, sparsity, c, x, y, dist=dist) for c in configs}
         if phase == "infer":
             for r in runners.values():
@@ -256,6 +264,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="docs/perf/sparse_conv.json")
     p.add_argument("--parts", default="layers,models,memory")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--models", default="lenet5,wrn-22-2,resnet50", help="models of the models part")
     p.add_argument("--child")
     p.add_argument("--report", "--markdown", dest="report", metavar="JSON",
                    help="print the tables of a result JSON and exit")
@@ -275,7 +284,7 @@ def main(argv=None) -> None:
         jobs = [("wrn-22-2", 128, s, "train", d) for d in ("erk", "uniform") for s in (0.95, 0.99)] + \
                [("resnet50", 1, s, "infer", d) for d in ("erk", "uniform") for s in (0.95, 0.99)] + \
                [("lenet5", 128, 0.95, "train", "erk")]
-        res["models"] = model_table(jobs, a.rounds)
+        res["models"] = model_table([j for j in jobs if j[0] in a.models.split(",")], a.rounds)
     if "memory" in parts:
         res["memory"] = memory_table([("wrn-22-2", 128, 0.95), ("wrn-22-2", 128, 0.99), ("resnet50", 1, 0.95)])
     with open(a.out, "w") as f:
@@ -295,18 +304,23 @@ def _ratio(v: dict) -> str:
 
 
 def layers_md(res: dict) -> str:
-    rows = ["| layer (C→C, map, kernel) @density | phase | dense ms | ours: sp | ours: mkl | sparseprop's own | load |",
-            "|---|---|---:|---:|---:|---:|---|"]
+    nat = any("native" in r["train"] for r in res.values())  # files measured before the native kernels lack it
+    rows = ["| layer (C→C, map, kernel) @density | phase | dense ms | ours: sp | ours: mkl | "
+            + ("ours: native | " if nat else "") + "sparseprop's own | load |",
+            "|---|---|---:|---:|---:|" + ("---:|" if nat else "") + "---:|---|"]
     for key, r in res.items():
         for phase in ("train", "infer"):
             p = r[phase]
+            native = f"{_ratio(p['native'])} | " if nat else ""
             rows.append(f"| {key} | {phase} | {p['dense']['ms']:.1f} | {_ratio(p['sp'])} | {_ratio(p['mkl'])} | "
-                        f"{_ratio(p['sparseprop'])} | {min(p['load']):.1f}–{max(p['load']):.1f} |")
+                        f"{native}{_ratio(p['sparseprop'])} | {min(p['load']):.1f}–{max(p['load']):.1f} |")
     return "\n".join(rows)
 
 
 def models_md(res: dict) -> str:
     configs = ("masked", "sparse", "sparse-all", "sparseprop")
+    if any("sparse-native" in r for r in res.values()):  # files measured before the native kernels lack it
+        configs += ("sparse-native",)
     rows = ["| job | dense ms | " + " | ".join(configs) + " | load |", "|---|---:|" + "---:|" * len(configs) + "---|"]
     for key, r in res.items():
         rows.append(f"| {key} | {r['dense']['ms']:.0f} | " + " | ".join(_ratio(r[c]) for c in configs) +
