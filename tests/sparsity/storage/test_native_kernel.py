@@ -49,12 +49,14 @@ def test_spmm_and_sddmm_match_dense_products(m, k, n, density, threads, bias, se
         torch.set_num_threads(threads)
         try:
             y = native.spmm(crow, col, vals, x, b)
+            yt = native.spmm(crow, col, vals, x, b, transposed=True)
             g = torch.randn(m, n)
             v = native.sddmm(crow, col, g, x)
         finally:
             torch.set_num_threads(old)
         ref = w @ x + (b.unsqueeze(1) if bias else 0)
         torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(yt, ref.T, rtol=1e-4, atol=1e-4)
         full = g @ x.T  # (m × k): the sampled product at the pattern, in CSR (row-major) order
         torch.testing.assert_close(v, full[w != 0], rtol=1e-4, atol=1e-4)
     native.module().set_avx2(True)
@@ -69,6 +71,7 @@ def test_hand_computed_case(build):
     x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     y = native.spmm(crow, col, vals, x, torch.tensor([0.5, -1.0, 0.0]))
     assert torch.equal(y, torch.tensor([[11.5, 14.5], [-1.0, -1.0], [9.0, 12.0]]))
+    assert torch.equal(native.spmm(crow, col, vals, x, torch.tensor([0.5, -1.0, 0.0]), transposed=True), y.T)
     g = torch.tensor([[1.0, 1.0], [7.0, 7.0], [0.0, 2.0]])
     # nonzeros (0,0), (0,2), (2,1): g0·x0 = 3, g0·x2 = 11, g2·x1 = 8
     assert torch.equal(native.sddmm(crow, col, g, x), torch.tensor([3.0, 11.0, 8.0]))
@@ -91,7 +94,7 @@ def test_layer_forward_and_gradients_match_mkl(batch, column_major_input, build)
     if column_major_input:  # what a previous sparse layer hands on
         x = x.T.contiguous().T
     y, _ = compare_layers(a, b, x, 80)
-    assert y.stride() == (1, batch) or batch == 1  # column-major, as the MKL path: yᵀ is contiguous
+    assert y.is_contiguous()  # row-major, as PyTorch's own layers: element-wise work around it stays fast
 
 
 @needs_native
@@ -154,7 +157,9 @@ def test_threads_split_by_nonzeros_give_the_same_products(threads, build):
     torch.set_num_threads(threads)
     try:
         y, v = native.spmm(crow, col, vals, x), native.sddmm(crow, col, g, x)
+        yt = native.spmm(crow, col, vals, x, transposed=True)
     finally:
         torch.set_num_threads(old)
     torch.testing.assert_close(y, w @ x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(yt, (w @ x).T, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(v, (g @ x.T)[w != 0], rtol=1e-4, atol=1e-4)

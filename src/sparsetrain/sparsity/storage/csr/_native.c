@@ -1,7 +1,8 @@
 /*
  * Native CSR kernels of the sparse CPU backend (kernel="native"): float32 values, int32 indices.
  *
- *   spmm : Y = W X (+ b)      W (m x k) CSR, X (k x n) row-major, Y (m x n) row-major
+ *   spmm : Y = W X (+ b)      W (m x k) CSR, X (k x n) row-major, Y (m x n) row-major, or
+ *          written transposed: Y^T (n x m) row-major, i.e. y = x W^T as PyTorch lays it out
  *   sddmm: v[p] = G[i,:] . X[j,:] for each nonzero p = (i, j) of W
  *          G (m x n), X (k x n) row-major: the weight gradient of y = x W^T sampled at W's pattern
  *
@@ -20,6 +21,7 @@
 #include <Python.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define CHUNK 64
@@ -30,21 +32,21 @@ typedef struct {
     const float *val, *x, *bias, *g;
     float *out;
     int64_t n, r0, r1;
+    int64_t ld; /* 0: out is Y (m x n) row-major; else Y[i, t] goes to out[t * ld + i] (Y^T row-major) */
+    int failed; /* set by a thread that could not allocate its tile */
     int avx2;
 } job_t;
 
 /* portable kernels: plain loops the compiler vectorises for the baseline instruction set */
-static void spmm_portable(const job_t *J) {
+/* one output row i of W X (+ b), written contiguously to y */
+static void row_portable(const job_t *J, int64_t i, float *y) {
     const int64_t n = J->n;
-    for (int64_t i = J->r0; i < J->r1; i++) {
-        float *y = J->out + i * n;
-        const float b = J->bias ? J->bias[i] : 0.f;
-        for (int64_t t = 0; t < n; t++) y[t] = b;
-        for (int32_t p = J->crow[i]; p < J->crow[i + 1]; p++) {
-            const float v = J->val[p];
-            const float *x = J->x + (int64_t)J->col[p] * n;
-            for (int64_t t = 0; t < n; t++) y[t] += v * x[t];
-        }
+    const float b = J->bias ? J->bias[i] : 0.f;
+    for (int64_t t = 0; t < n; t++) y[t] = b;
+    for (int32_t p = J->crow[i]; p < J->crow[i + 1]; p++) {
+        const float v = J->val[p];
+        const float *x = J->x + (int64_t)J->col[p] * n;
+        for (int64_t t = 0; t < n; t++) y[t] += v * x[t];
     }
 }
 
@@ -67,11 +69,12 @@ static void sddmm_portable(const job_t *J) {
 
 /* AVX2 + FMA: each output row in chunks of 64 columns held in 8 registers over the row's
    nonzeros, then 8-wide and scalar tails */
-__attribute__((target("avx2,fma"))) static void spmm_avx2(const job_t *J) {
+#define STORE8(y, t, a) _mm256_storeu_ps((y) + (t), (a))
+
+__attribute__((target("avx2,fma"))) static void row_avx2(const job_t *J, int64_t i, float *y) {
     const int64_t n = J->n;
     const float *X = J->x;
-    for (int64_t i = J->r0; i < J->r1; i++) {
-        float *y = J->out + i * n;
+    {
         const float b = J->bias ? J->bias[i] : 0.f;
         const int32_t p0 = J->crow[i], p1 = J->crow[i + 1];
         int64_t t0 = 0;
@@ -94,16 +97,14 @@ __attribute__((target("avx2,fma"))) static void spmm_avx2(const job_t *J) {
                 a6 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 48), a6);
                 a7 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 56), a7);
             }
-            _mm256_storeu_ps(y + t0, a0); _mm256_storeu_ps(y + t0 + 8, a1);
-            _mm256_storeu_ps(y + t0 + 16, a2); _mm256_storeu_ps(y + t0 + 24, a3);
-            _mm256_storeu_ps(y + t0 + 32, a4); _mm256_storeu_ps(y + t0 + 40, a5);
-            _mm256_storeu_ps(y + t0 + 48, a6); _mm256_storeu_ps(y + t0 + 56, a7);
+            STORE8(y, t0, a0); STORE8(y, t0 + 8, a1); STORE8(y, t0 + 16, a2); STORE8(y, t0 + 24, a3);
+            STORE8(y, t0 + 32, a4); STORE8(y, t0 + 40, a5); STORE8(y, t0 + 48, a6); STORE8(y, t0 + 56, a7);
         }
         for (; t0 + 8 <= n; t0 += 8) {
             __m256 a = _mm256_set1_ps(b);
             for (int32_t p = p0; p < p1; p++)
                 a = _mm256_fmadd_ps(_mm256_set1_ps(J->val[p]), _mm256_loadu_ps(X + (int64_t)J->col[p] * n + t0), a);
-            _mm256_storeu_ps(y + t0, a);
+            STORE8(y, t0, a);
         }
         for (; t0 < n; t0++) {
             float a = b;
@@ -149,14 +150,38 @@ static int cpu_has_avx2(void) {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
 #else
-#define spmm_avx2 spmm_portable
+#define row_avx2 row_portable
 #define sddmm_avx2 sddmm_portable
 static int cpu_has_avx2(void) { return 0; }
 #endif
 
+#define TILE_ROWS 16
+
+/* rows r0..r1 of W X (+ b): straight into Y, or for Y^T through a tile of TILE_ROWS rows that is
+   written out transposed (each store then fills 64 contiguous bytes of a row of Y^T instead of
+   one float per row: strided single stores cost more than the products at high sparsity) */
 static void *run_spmm(void *arg) {
-    const job_t *J = (const job_t *)arg;
-    if (J->avx2) spmm_avx2(J); else spmm_portable(J);
+    job_t *J = (job_t *)arg;
+    void (*row)(const job_t *, int64_t, float *) = J->avx2 ? row_avx2 : row_portable;
+    const int64_t n = J->n, ld = J->ld;
+    if (!ld) {
+        for (int64_t i = J->r0; i < J->r1; i++) row(J, i, J->out + i * n);
+        return NULL;
+    }
+    float *tile = (float *)malloc(sizeof(float) * TILE_ROWS * (n > 0 ? n : 1));
+    if (!tile) {
+        J->failed = 1;
+        return NULL;
+    }
+    for (int64_t i0 = J->r0; i0 < J->r1; i0 += TILE_ROWS) {
+        const int64_t rows = J->r1 - i0 < TILE_ROWS ? J->r1 - i0 : TILE_ROWS;
+        for (int64_t r = 0; r < rows; r++) row(J, i0 + r, tile + r * n);
+        for (int64_t t = 0; t < n; t++) {
+            float *o = J->out + t * ld + i0;
+            for (int64_t r = 0; r < rows; r++) o[r] = tile[r * n + t];
+        }
+    }
+    free(tile);
     return NULL;
 }
 
@@ -178,8 +203,8 @@ static int64_t row_at(const int32_t *crow, int64_t m, int64_t target) {
 
 static int AVX2 = 0;
 
-/* split rows by nonzeros over `threads` jobs and run them */
-static void run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
+/* split rows by nonzeros over `threads` jobs and run them; returns whether any job failed */
+static int run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
     job_t jobs[MAX_THREADS];
     pthread_t tids[MAX_THREADS];
     int started[MAX_THREADS];
@@ -204,20 +229,25 @@ static void run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
         if (started[t]) pthread_join(tids[t], NULL);
         else fn(&jobs[t]);  /* could not start a thread: do its share here */
     }
+    int failed = 0;
+    for (int t = 0; t < threads; t++) failed |= jobs[t].failed;
+    return failed;
 }
 
 static PyObject *py_spmm(PyObject *self, PyObject *args) {
     unsigned long long crow, col, val, x, bias, out;
-    long long m, n;
+    long long m, n, ld;
     int threads;
-    if (!PyArg_ParseTuple(args, "KKKKKKLLi", &crow, &col, &val, &x, &bias, &out, &m, &n, &threads))
+    if (!PyArg_ParseTuple(args, "KKKKKKLLLi", &crow, &col, &val, &x, &bias, &out, &m, &n, &ld, &threads))
         return NULL;
     job_t J = {(const int32_t *)(uintptr_t)crow, (const int32_t *)(uintptr_t)col, (const float *)(uintptr_t)val,
                (const float *)(uintptr_t)x, (const float *)(uintptr_t)bias, NULL, (float *)(uintptr_t)out,
-               n, 0, 0, AVX2};
+               n, 0, 0, ld, 0, AVX2};
+    int failed;
     Py_BEGIN_ALLOW_THREADS
-    run_split(J, m, threads, run_spmm);
+    failed = run_split(J, m, threads, run_spmm);
     Py_END_ALLOW_THREADS
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -229,7 +259,7 @@ static PyObject *py_sddmm(PyObject *self, PyObject *args) {
         return NULL;
     job_t J = {(const int32_t *)(uintptr_t)crow, (const int32_t *)(uintptr_t)col, NULL,
                (const float *)(uintptr_t)x, NULL, (const float *)(uintptr_t)g, (float *)(uintptr_t)out,
-               n, 0, 0, AVX2};
+               n, 0, 0, 0, 0, AVX2};
     Py_BEGIN_ALLOW_THREADS
     run_split(J, m, threads, run_sddmm);
     Py_END_ALLOW_THREADS
@@ -244,7 +274,8 @@ static PyObject *py_set_avx2(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"spmm", py_spmm, METH_VARARGS, "spmm(crow, col, val, x, bias_or_0, out, m, n, threads): out = W x (+ b)"},
+    {"spmm", py_spmm, METH_VARARGS,
+     "spmm(crow, col, val, x, bias_or_0, out, m, n, ld, threads): out = W x (+ b); ld > 0 writes (W x)^T with row stride ld"},
     {"sddmm", py_sddmm, METH_VARARGS, "sddmm(crow, col, g, x, out, m, n, threads): out[p] = g[i] . x[j]"},
     {"set_avx2", py_set_avx2, METH_VARARGS, "use the AVX2+FMA build if the CPU has it; returns whether it is used"},
     {NULL, NULL, 0, NULL}};
