@@ -512,7 +512,7 @@ CATEGORIES = (  # (label, profiler scope whose *total* time is counted); scopes 
 )
 
 
-def profile_step(model_name: str, sparsity: float, backend: str, steps: int = 5) -> List[tuple]:
+def profile_step(model_name: str, sparsity: float, backend: str, steps: int = 10) -> List[tuple]:
     """Self CPU time per step by category for one configuration (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
     x, y = inputs(model_name)
@@ -538,7 +538,7 @@ UPDATE_CATEGORIES = (  # regions of CSRStore.update (grow_scores is inside grow)
 )
 
 
-def profile_update(model_name: str, sparsity: float, updates: int = 3) -> List[tuple]:
+def profile_update(model_name: str, sparsity: float, updates: int = 10) -> List[tuple]:
     """Where a RigL update step of the sparse backend spends its time (torch.profiler, per update)."""
     from torch.profiler import ProfilerActivity, profile
     x, y = inputs(model_name)
@@ -556,7 +556,7 @@ def profile_update(model_name: str, sparsity: float, updates: int = 3) -> List[t
     rows[1][1] -= rows[0][1]
     wall = 1e3 * statistics.median(walls)
     rows.append(["the step's forward/backward, optimizer, engine bookkeeping", wall - sum(ms for _, ms in rows)])
-    return [("update step (profiled, median)", wall)] + [tuple(r) for r in rows]
+    return [(f"update step (profiled, median of {updates})", wall)] + [tuple(r) for r in rows]
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -669,7 +669,8 @@ def _profile_md(r: dict) -> str:
     out = []
     for key, rows in r.get("profile", {}).items():
         wall = rows[0][1]
-        out.append(f"**{key}** — {wall:.1f} ms per step (profiled)\n\n| where | ms / step | share |\n|---|---|---|")
+        n = f", {rows[0][0].split(', ')[-1].rstrip(')')}" if "median of" in rows[0][0] else ""  # older files: no count
+        out.append(f"**{key}** — {wall:.1f} ms per step (profiled{n})\n\n| where | ms / step | share |\n|---|---|---|")
         out += [f"| {label.replace('|', chr(92) + '|')} | {ms:.2f} | {100 * ms / wall:.0f} % |" for label, ms in rows[1:]]
         out.append("")
     return "\n".join(out)
