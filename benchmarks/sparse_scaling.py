@@ -133,7 +133,7 @@ def report(results: dict) -> str:
     persistent bytes over density × the dense model's weights and Adam moments (12 bytes a weight)."""
     density = results.get("density", 0.01)   # files written before the density was stored: the default
     rows = ["| width W | weights (dense) | nonzeros | dense + Adam would need | sparse persistent | × nonzeros' share "
-            "| peak RSS (train) | step | update step |", "|---|---|---|---|---|---|---|---|---|"]
+            "| peak RSS (train) | step | one update step (1 sample: indicative only) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in results["scaling"]:
         b = r["bytes"]
         persistent = b["weights"] + b["indices"] + b["optimizer"] + b["masks"]
