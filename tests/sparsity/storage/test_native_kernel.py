@@ -163,3 +163,18 @@ def test_threads_split_by_nonzeros_give_the_same_products(threads, build):
     torch.testing.assert_close(y, w @ x, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(yt, (w @ x).T, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(v, (g @ x.T)[w != 0], rtol=1e-4, atol=1e-4)
+
+
+@needs_native
+def test_transposed_structure_read_through_the_permutation(build):
+    # Wᵀ's CSR structure with W's own values vector and the permutation = Wᵀ with gathered values
+    from sparsetrain.sparsity.storage.csr.indices import transpose
+    w, crow, col, vals = random_csr(37, 53, 0.2, 11, empty_rows=(4,))
+    t = transpose(crow, col, (37, 53))
+    g = torch.randn(37, 70)
+    through_perm = native.spmm(t.crow, t.row, vals, g, perm=t.perm, transposed=True)
+    gathered = native.spmm(t.crow, t.row, vals.index_select(0, t.perm), g, transposed=True)
+    assert torch.equal(through_perm, gathered)
+    torch.testing.assert_close(through_perm, (w.T @ g).T, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="perm"):
+        native.spmm(t.crow, t.row, vals, g, perm=t.perm[:-1])

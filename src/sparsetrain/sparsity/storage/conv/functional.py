@@ -144,8 +144,8 @@ def _mkl_backward(ctx, x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor
     if ctx.needs_input_grad[0]:
         with record_function("sparse_conv2d.grad_input"):
             if p.kernel == "native":
-                t, v_t = p.transposed_values(values.detach())
-                dcols = native.spmm(t.crow, t.row, v_t, g.contiguous())
+                t = p.transposed(p.crow, p.col)  # Wᵀ's structure, read through W's values
+                dcols = native.spmm(t.crow, t.row, values.detach(), g.contiguous(), perm=t.perm)
             else:
                 dcols = torch.sparse.mm(p.transposed_matrix(values), g)  # in·kh·kw × N·L
             dcols = dcols.view(dcols.shape[0], x.shape[0], -1).transpose(0, 1)

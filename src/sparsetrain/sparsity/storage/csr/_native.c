@@ -34,17 +34,20 @@ typedef struct {
     int64_t n, r0, r1;
     int64_t ld; /* 0: out is Y (m x n) row-major; else Y[i, t] goes to out[t * ld + i] (Y^T row-major) */
     int failed; /* set by a thread that could not allocate its tile */
+    const int32_t *perm; /* if set, the value of nonzero p is val[perm[p]] (W^T read through W's values) */
     int avx2;
 } job_t;
 
 /* portable kernels: plain loops the compiler vectorises for the baseline instruction set */
+#define VAL(J, p) ((J)->perm ? (J)->val[(J)->perm[p]] : (J)->val[p])
+
 /* one output row i of W X (+ b), written contiguously to y */
 static void row_portable(const job_t *J, int64_t i, float *y) {
     const int64_t n = J->n;
     const float b = J->bias ? J->bias[i] : 0.f;
     for (int64_t t = 0; t < n; t++) y[t] = b;
     for (int32_t p = J->crow[i]; p < J->crow[i + 1]; p++) {
-        const float v = J->val[p];
+        const float v = VAL(J, p);
         const float *x = J->x + (int64_t)J->col[p] * n;
         for (int64_t t = 0; t < n; t++) y[t] += v * x[t];
     }
@@ -86,7 +89,7 @@ __attribute__((target("avx2,fma"))) static void row_avx2(const job_t *J, int64_t
                     _mm_prefetch(q, _MM_HINT_T0); _mm_prefetch(q + 64, _MM_HINT_T0);
                     _mm_prefetch(q + 128, _MM_HINT_T0); _mm_prefetch(q + 192, _MM_HINT_T0);
                 }
-                const __m256 v = _mm256_set1_ps(J->val[p]);
+                const __m256 v = _mm256_set1_ps(VAL(J, p));
                 const float *x = X + (int64_t)J->col[p] * n + t0;
                 a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x), a0);
                 a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8), a1);
@@ -103,12 +106,12 @@ __attribute__((target("avx2,fma"))) static void row_avx2(const job_t *J, int64_t
         for (; t0 + 8 <= n; t0 += 8) {
             __m256 a = _mm256_set1_ps(b);
             for (int32_t p = p0; p < p1; p++)
-                a = _mm256_fmadd_ps(_mm256_set1_ps(J->val[p]), _mm256_loadu_ps(X + (int64_t)J->col[p] * n + t0), a);
+                a = _mm256_fmadd_ps(_mm256_set1_ps(VAL(J, p)), _mm256_loadu_ps(X + (int64_t)J->col[p] * n + t0), a);
             STORE8(y, t0, a);
         }
         for (; t0 < n; t0++) {
             float a = b;
-            for (int32_t p = p0; p < p1; p++) a += J->val[p] * X[(int64_t)J->col[p] * n + t0];
+            for (int32_t p = p0; p < p1; p++) a += VAL(J, p) * X[(int64_t)J->col[p] * n + t0];
             y[t0] = a;
         }
     }
@@ -235,14 +238,14 @@ static int run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
 }
 
 static PyObject *py_spmm(PyObject *self, PyObject *args) {
-    unsigned long long crow, col, val, x, bias, out;
+    unsigned long long crow, col, val, x, bias, out, perm;
     long long m, n, ld;
     int threads;
-    if (!PyArg_ParseTuple(args, "KKKKKKLLLi", &crow, &col, &val, &x, &bias, &out, &m, &n, &ld, &threads))
+    if (!PyArg_ParseTuple(args, "KKKKKKLLLiK", &crow, &col, &val, &x, &bias, &out, &m, &n, &ld, &threads, &perm))
         return NULL;
     job_t J = {(const int32_t *)(uintptr_t)crow, (const int32_t *)(uintptr_t)col, (const float *)(uintptr_t)val,
                (const float *)(uintptr_t)x, (const float *)(uintptr_t)bias, NULL, (float *)(uintptr_t)out,
-               n, 0, 0, ld, 0, AVX2};
+               n, 0, 0, ld, 0, (const int32_t *)(uintptr_t)perm, AVX2};
     int failed;
     Py_BEGIN_ALLOW_THREADS
     failed = run_split(J, m, threads, run_spmm);
@@ -259,7 +262,7 @@ static PyObject *py_sddmm(PyObject *self, PyObject *args) {
         return NULL;
     job_t J = {(const int32_t *)(uintptr_t)crow, (const int32_t *)(uintptr_t)col, NULL,
                (const float *)(uintptr_t)x, NULL, (const float *)(uintptr_t)g, (float *)(uintptr_t)out,
-               n, 0, 0, 0, 0, AVX2};
+               n, 0, 0, 0, 0, NULL, AVX2};
     Py_BEGIN_ALLOW_THREADS
     run_split(J, m, threads, run_sddmm);
     Py_END_ALLOW_THREADS
@@ -275,7 +278,8 @@ static PyObject *py_set_avx2(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS,
-     "spmm(crow, col, val, x, bias_or_0, out, m, n, ld, threads): out = W x (+ b); ld > 0 writes (W x)^T with row stride ld"},
+     "spmm(crow, col, val, x, bias_or_0, out, m, n, ld, threads, perm_or_0): out = W x (+ b); ld > 0 writes "
+     "(W x)^T with row stride ld; with perm, nonzero p has value val[perm[p]]"},
     {"sddmm", py_sddmm, METH_VARARGS, "sddmm(crow, col, g, x, out, m, n, threads): out[p] = g[i] . x[j]"},
     {"set_avx2", py_set_avx2, METH_VARARGS, "use the AVX2+FMA build if the CPU has it; returns whether it is used"},
     {NULL, NULL, 0, NULL}};

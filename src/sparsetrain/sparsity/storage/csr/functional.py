@@ -133,8 +133,8 @@ def _native_backward(x_t: torch.Tensor, values: torch.Tensor, grad: torch.Tensor
     grad_x = grad_v = None
     if need_x:
         with record_function("sparse_linear.grad_input"):
-            t, v_t = pattern.transposed_values(values.detach())
-            grad_x = native.spmm(t.crow, t.row, v_t, g_t, transposed=True)
+            t = pattern.transposed(pattern.crow, pattern.col)  # Wᵀ's structure, read through W's values
+            grad_x = native.spmm(t.crow, t.row, values.detach(), g_t, transposed=True, perm=t.perm)
     if need_v:
         with record_function("sparse_linear.grad_weight"):
             grad_v = native.sddmm(pattern.crow, pattern.col, g_t, x_t)

@@ -38,17 +38,26 @@ def _check(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
 
 def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.Tensor,
          bias: Optional[torch.Tensor] = None, out: Optional[torch.Tensor] = None,
-         transposed: bool = False) -> torch.Tensor:
+         transposed: bool = False, perm: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``W x (+ b[:, None])`` with W = CSR(crow, col, values) of ``crow.numel() - 1`` rows and x
     (W's columns × n) row-major, into ``out`` (allocated if None): rows × n row-major, or with
     ``transposed`` its transpose, n × rows row-major (``x.T @ W.T``, PyTorch's layout of a
-    linear layer's output when x holds the inputs as columns)."""
+    linear layer's output when x holds the inputs as columns). With ``perm`` (int32, one per
+    nonzero) the k-th stored nonzero takes ``values[perm[k]]``: Wᵀ's structure over W's own values
+    vector, with no gathered copy."""
     m, n = crow.numel() - 1, x.shape[1]
     for name, t, dt in (("crow", crow, torch.int32), ("col", col, torch.int32), ("values", values, torch.float32),
                         ("x", x, torch.float32)):
         _check(name, t, dt)
     if bias is not None:
         _check("bias", bias, torch.float32)
+    if perm is not None:
+        _check("perm", perm, torch.int32)
+        if perm.numel() != col.numel() or values.numel() != col.numel():
+            raise ValueError(f"native spmm: perm has {perm.numel()} entries and values {values.numel()}, "
+                             f"the pattern {col.numel()}")
+    elif values.numel() != col.numel():
+        raise ValueError(f"native spmm: {values.numel()} values for {col.numel()} nonzeros")
     shape = (n, m) if transposed else (m, n)
     out = torch.empty(shape, dtype=torch.float32) if out is None else out
     _check("out", out, torch.float32)
@@ -56,7 +65,7 @@ def spmm(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, x: torch.T
         raise ValueError(f"native spmm: out has shape {tuple(out.shape)}, expected {shape}")
     module().spmm(crow.data_ptr(), col.data_ptr(), values.data_ptr(), x.data_ptr(),
                   0 if bias is None else bias.data_ptr(), out.data_ptr(), m, n, m if transposed else 0,
-                  torch.get_num_threads())
+                  torch.get_num_threads(), 0 if perm is None else perm.data_ptr())
     return out
 
 
