@@ -7,11 +7,13 @@ import sys
 
 from setuptools import Extension, setup
 
-link = ["-pthread"] if sys.platform != "win32" else []
+# OpenMP on Linux (gcc, clang with libgomp): the module then shares torch's OpenMP runtime (see
+# _native.c); elsewhere plain threads
+unix = sys.platform.startswith("linux")
 setup(ext_modules=[Extension(
     "sparsetrain.sparsity.storage.csr._native",
     sources=["src/sparsetrain/sparsity/storage/csr/_native.c"],
-    extra_compile_args=["-O3", "-pthread"] if sys.platform != "win32" else ["/O2"],
-    extra_link_args=link,
+    extra_compile_args=(["-O3", "-pthread"] + (["-fopenmp"] if unix else [])) if sys.platform != "win32" else ["/O2"],
+    extra_link_args=(["-pthread"] + (["-fopenmp"] if unix else [])) if sys.platform != "win32" else [],
     optional=True,
 )])

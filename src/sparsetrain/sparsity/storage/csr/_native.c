@@ -8,9 +8,12 @@
  *
  * Work is split between threads by nonzeros, not by rows: thread t takes the rows that hold
  * nonzeros [t*nnz/T, (t+1)*nnz/T) (rows found by binary search on the row pointer), so uneven
- * rows do not leave threads idle. Threads are plain pthreads started per call (one fewer than
- * requested; the calling thread takes the first share): no OpenMP runtime of our own that could
- * spin against torch's. With AVX2 + FMA (checked at run time) each output row is accumulated in
+ * rows do not leave threads idle. The threads are OpenMP's: built with -fopenmp the module links
+ * libgomp.so.1, and as torch has already loaded a library of that name the dynamic loader hands
+ * us torch's own runtime, so our work runs on torch's intra-op threads. Threads of a runtime of
+ * our own (we first used pthreads) competed with torch's OpenMP threads, which keep spinning for
+ * a while after each torch operation: on 2 cores that made a 99 %-sparse MLP step 1.75x slower
+ * (docs/performance.md). Without OpenMP (another compiler) the pthreads remain. With AVX2 + FMA (checked at run time) each output row is accumulated in
  * 64-column chunks held in registers, prefetching the x rows of the next nonzeros; otherwise
  * plain loops run.
  *
@@ -20,6 +23,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,6 +231,17 @@ static int run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
         jobs[t].r1 = t == threads - 1 ? m : row_at(base.crow, m, nnz * (t + 1) / threads);
         prev = jobs[t].r1;
     }
+#ifdef _OPENMP
+    if (threads > 1) {
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+        for (int t = 0; t < threads; t++) fn(&jobs[t]);
+    } else {
+        fn(&jobs[0]);
+    }
+    int failed_omp = 0;
+    for (int t = 0; t < threads; t++) failed_omp |= jobs[t].failed;
+    return failed_omp;
+#endif
     for (int t = 1; t < threads; t++)
         started[t] = pthread_create(&tids[t], NULL, fn, &jobs[t]) == 0;
     fn(&jobs[0]);
