@@ -502,9 +502,9 @@ def _interleave(fns: Dict[str, Callable], rounds: int) -> Dict[str, float]:
 
 # --- profile ---------------------------------------------------------------------------------------
 CATEGORIES = (  # (label, profiler scope whose *total* time is counted); scopes do not overlap
-    ("sparse forward: CSR × dense (MKL)", "sparse_linear.forward"),
-    ("sparse input grad: Wᵀ gather/rebuild + CSR × dense", "sparse_linear.grad_input"),
-    ("sparse weight grad on nonzeros (sampled_addmm)", "sparse_linear.grad_weight"),
+    ("sparse forward: CSR × dense", "sparse_linear.forward"),
+    ("sparse input grad: Wᵀ × dense", "sparse_linear.grad_input"),
+    ("sparse weight grad on nonzeros", "sparse_linear.grad_weight"),
     ("dense layers forward (GEMM)", "aten::linear"),
     ("dense layers backward (GEMM)", "AddmmBackward0"),
     ("optimizer step", "Optimizer.step#SGD.step"),
