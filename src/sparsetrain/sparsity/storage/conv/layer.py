@@ -10,8 +10,7 @@ from torch import nn
 
 from ....flops import register_counter, weighted_row
 from ...topk import count_active
-from ..csr import native
-from ..csr.functional import Pattern
+from ..csr.functional import Pattern, resolve_kernel
 from ..csr.indices import flat_from_mask, random_flat
 from ..csr.matrix import CSRWeight
 from .functional import Geometry, Plan, channels_first, columns, sparse_conv2d, sparseprop_indices, \
@@ -108,11 +107,8 @@ class SparseConv2d(CSRWeight):
 
     def _unfold_kernel(self) -> str:
         """The products of the unfold path: "native" when asked for (or under "auto" where built,
-        float32), else "mkl"."""
-        if self.kernel == "native":
-            return "native"
-        ok = self.values.dtype == torch.float32 and self.values.device.type == "cpu" and native.available()
-        return "native" if self.kernel == "auto" and ok else "mkl"
+        float32 on the CPU: :func:`..csr.functional.resolve_kernel`), else "mkl"."""
+        return "native" if resolve_kernel(self.kernel, self.values) == "native" else "mkl"
 
     def _sparseprop_indices(self) -> tuple:
         """sparseprop's index arrays, built at first use and kept while the pattern lives."""

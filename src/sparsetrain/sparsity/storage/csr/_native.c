@@ -12,10 +12,11 @@
  * libgomp.so.1, and as torch has already loaded a library of that name the dynamic loader hands
  * us torch's own runtime, so our work runs on torch's intra-op threads. Threads of a runtime of
  * our own (we first used pthreads) competed with torch's OpenMP threads, which keep spinning for
- * a while after each torch operation: on 2 cores that made a 99 %-sparse MLP step 1.75x slower
- * (docs/performance.md). Without OpenMP (another compiler) the pthreads remain. With AVX2 + FMA (checked at run time) each output row is accumulated in
- * 64-column chunks held in registers, prefetching the x rows of the next nonzeros; otherwise
- * plain loops run.
+ * a while after each torch operation: on 2 cores that made a 99 %-sparse MLP step about 2.4x
+ * slower in a development measurement. Without OpenMP (another compiler) pthreads run instead.
+ *
+ * With AVX2 + FMA (checked at run time) each output row is accumulated in 64-column chunks held
+ * in registers, prefetching the x rows of the next nonzeros; otherwise plain loops run.
  *
  * Exposed to Python as sparsetrain.sparsity.storage.csr._native (pointers passed as integers by
  * the wrapper in native.py, which checks shapes, dtypes and contiguity; the GIL is released).
@@ -44,8 +45,9 @@ typedef struct {
     int avx2;
 } job_t;
 
-/* portable kernels: plain loops the compiler vectorises for the baseline instruction set */
 #define VAL(J, p) ((J)->perm ? (J)->val[(J)->perm[p]] : (J)->val[p])
+
+/* portable kernels: plain loops the compiler vectorises for the baseline instruction set */
 
 /* one output row i of W X (+ b), written contiguously to y */
 static void row_portable(const job_t *J, int64_t i, float *y) {
@@ -78,48 +80,46 @@ static void sddmm_portable(const job_t *J) {
 
 /* AVX2 + FMA: each output row in chunks of 64 columns held in 8 registers over the row's
    nonzeros, then 8-wide and scalar tails */
-#define STORE8(y, t, a) _mm256_storeu_ps((y) + (t), (a))
-
 __attribute__((target("avx2,fma"))) static void row_avx2(const job_t *J, int64_t i, float *y) {
     const int64_t n = J->n;
     const float *X = J->x;
-    {
-        const float b = J->bias ? J->bias[i] : 0.f;
-        const int32_t p0 = J->crow[i], p1 = J->crow[i + 1];
-        int64_t t0 = 0;
-        for (; t0 + CHUNK <= n; t0 += CHUNK) {
-            __m256 a0 = _mm256_set1_ps(b), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-            for (int32_t p = p0; p < p1; p++) {
-                if (p + PF < p1) {
-                    const char *q = (const char *)(X + (int64_t)J->col[p + PF] * n + t0);
-                    _mm_prefetch(q, _MM_HINT_T0); _mm_prefetch(q + 64, _MM_HINT_T0);
-                    _mm_prefetch(q + 128, _MM_HINT_T0); _mm_prefetch(q + 192, _MM_HINT_T0);
-                }
-                const __m256 v = _mm256_set1_ps(VAL(J, p));
-                const float *x = X + (int64_t)J->col[p] * n + t0;
-                a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x), a0);
-                a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8), a1);
-                a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 16), a2);
-                a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 24), a3);
-                a4 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 32), a4);
-                a5 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 40), a5);
-                a6 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 48), a6);
-                a7 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 56), a7);
+    const float b = J->bias ? J->bias[i] : 0.f;
+    const int32_t p0 = J->crow[i], p1 = J->crow[i + 1];
+    int64_t t0 = 0;
+    for (; t0 + CHUNK <= n; t0 += CHUNK) {
+        __m256 a0 = _mm256_set1_ps(b), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+        for (int32_t p = p0; p < p1; p++) {
+            if (p + PF < p1) {
+                const char *q = (const char *)(X + (int64_t)J->col[p + PF] * n + t0);
+                _mm_prefetch(q, _MM_HINT_T0); _mm_prefetch(q + 64, _MM_HINT_T0);
+                _mm_prefetch(q + 128, _MM_HINT_T0); _mm_prefetch(q + 192, _MM_HINT_T0);
             }
-            STORE8(y, t0, a0); STORE8(y, t0 + 8, a1); STORE8(y, t0 + 16, a2); STORE8(y, t0 + 24, a3);
-            STORE8(y, t0 + 32, a4); STORE8(y, t0 + 40, a5); STORE8(y, t0 + 48, a6); STORE8(y, t0 + 56, a7);
+            const __m256 v = _mm256_set1_ps(VAL(J, p));
+            const float *x = X + (int64_t)J->col[p] * n + t0;
+            a0 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x), a0);
+            a1 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 8), a1);
+            a2 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 16), a2);
+            a3 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 24), a3);
+            a4 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 32), a4);
+            a5 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 40), a5);
+            a6 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 48), a6);
+            a7 = _mm256_fmadd_ps(v, _mm256_loadu_ps(x + 56), a7);
         }
-        for (; t0 + 8 <= n; t0 += 8) {
-            __m256 a = _mm256_set1_ps(b);
-            for (int32_t p = p0; p < p1; p++)
-                a = _mm256_fmadd_ps(_mm256_set1_ps(VAL(J, p)), _mm256_loadu_ps(X + (int64_t)J->col[p] * n + t0), a);
-            STORE8(y, t0, a);
-        }
-        for (; t0 < n; t0++) {
-            float a = b;
-            for (int32_t p = p0; p < p1; p++) a += VAL(J, p) * X[(int64_t)J->col[p] * n + t0];
-            y[t0] = a;
-        }
+        _mm256_storeu_ps(y + t0, a0); _mm256_storeu_ps(y + t0 + 8, a1);
+        _mm256_storeu_ps(y + t0 + 16, a2); _mm256_storeu_ps(y + t0 + 24, a3);
+        _mm256_storeu_ps(y + t0 + 32, a4); _mm256_storeu_ps(y + t0 + 40, a5);
+        _mm256_storeu_ps(y + t0 + 48, a6); _mm256_storeu_ps(y + t0 + 56, a7);
+    }
+    for (; t0 + 8 <= n; t0 += 8) {
+        __m256 a = _mm256_set1_ps(b);
+        for (int32_t p = p0; p < p1; p++)
+            a = _mm256_fmadd_ps(_mm256_set1_ps(VAL(J, p)), _mm256_loadu_ps(X + (int64_t)J->col[p] * n + t0), a);
+        _mm256_storeu_ps(y + t0, a);
+    }
+    for (; t0 < n; t0++) {
+        float a = b;
+        for (int32_t p = p0; p < p1; p++) a += VAL(J, p) * X[(int64_t)J->col[p] * n + t0];
+        y[t0] = a;
     }
 }
 
@@ -215,8 +215,6 @@ static int AVX2 = 0;
 /* split rows by nonzeros over `threads` jobs and run them; returns whether any job failed */
 static int run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
     job_t jobs[MAX_THREADS];
-    pthread_t tids[MAX_THREADS];
-    int started[MAX_THREADS];
     const int64_t nnz = base.crow[m];
     /* at least ~2^18 multiply-adds per thread: below that, starting a thread costs more than it saves */
     const int64_t useful = (nnz * base.n >> 18) + 1;
@@ -232,16 +230,11 @@ static int run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
         prev = jobs[t].r1;
     }
 #ifdef _OPENMP
-    if (threads > 1) {
-#pragma omp parallel for num_threads(threads) schedule(static, 1)
-        for (int t = 0; t < threads; t++) fn(&jobs[t]);
-    } else {
-        fn(&jobs[0]);
-    }
-    int failed_omp = 0;
-    for (int t = 0; t < threads; t++) failed_omp |= jobs[t].failed;
-    return failed_omp;
-#endif
+#pragma omp parallel for num_threads(threads) schedule(static, 1) if (threads > 1)
+    for (int t = 0; t < threads; t++) fn(&jobs[t]);
+#else
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS];
     for (int t = 1; t < threads; t++)
         started[t] = pthread_create(&tids[t], NULL, fn, &jobs[t]) == 0;
     fn(&jobs[0]);
@@ -249,6 +242,7 @@ static int run_split(job_t base, int64_t m, int threads, void *(*fn)(void *)) {
         if (started[t]) pthread_join(tids[t], NULL);
         else fn(&jobs[t]);  /* could not start a thread: do its share here */
     }
+#endif
     int failed = 0;
     for (int t = 0; t < threads; t++) failed |= jobs[t].failed;
     return failed;

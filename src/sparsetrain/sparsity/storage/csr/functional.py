@@ -48,17 +48,12 @@ class Pattern(NamedTuple):
     def matrix(self, values: torch.Tensor) -> torch.Tensor:
         return csr_tensor(self.crow, self.col, values, self.shape)
 
-    def transposed_values(self, values: torch.Tensor) -> Tuple[Transposed, torch.Tensor]:
-        """Wᵀ's cached structure and its values gathered through the stored permutation."""
-        t = self.transposed(self.crow, self.col)
-        return t, values.index_select(0, t.perm)
-
     def transposed_matrix(self, values: torch.Tensor) -> torch.Tensor:
         """Wᵀ in CSR: its cached structure and the values gathered through the stored permutation
         (``index_select`` takes the int32 permutation as it is; ``values[perm]`` would convert it
         to int64 and gather on one thread, ≈ 10x slower at 10⁶ entries)."""
-        t, v = self.transposed_values(values)
-        return csr_tensor(t.crow, t.row, v, (self.shape[1], self.shape[0]))
+        t = self.transposed(self.crow, self.col)
+        return csr_tensor(t.crow, t.row, values.index_select(0, t.perm), (self.shape[1], self.shape[0]))
 
 
 def resolve_kernel(kernel: str, values: torch.Tensor) -> str:
@@ -118,7 +113,7 @@ def _native_forward(x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.
     and writes it transposed, the bias with it), and xᵀ contiguous, which the weight gradient
     reads. Row-major keeps the element-wise work and the dense layers around a sparse layer on
     their fast paths: a column-major activation met by a row-major gradient made ReLU's backward
-    ≈ 10x and a dense head's forward ≈ 6x slower (docs/performance.md)."""
+    more than 10x and a dense head's forward ≈ 6x slower (docs/performance.md, Kernels)."""
     x_t = x.T.contiguous()
     y = torch.empty(x.shape[0], pattern.shape[0], dtype=x.dtype, device=x.device)
     native.spmm(pattern.crow, pattern.col, values.detach(), x_t,
