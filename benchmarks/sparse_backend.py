@@ -16,7 +16,9 @@ Protocol
   built) and caches Wᵀ's structure; "sparse-mkl" is the same on torch's MKL products; "sparse-lean" compresses every
   layer and rebuilds Wᵀ's structure in each backward pass (less memory, slower backward);
   "sparse-sp" is the automatic rule on the sparseprop package's kernels (``kernel="sparseprop"``,
-  which need no Wᵀ structure; skipped when sparseprop is not installed).
+  which need no Wᵀ structure; skipped when sparseprop is not installed); "sparse-built" is
+  "sparse" with the model built sparse from the start (``build_sparse``: the layers the policy
+  compresses are never dense), what ``sparsetrain train`` does.
 * Timing (``time_group``): for each (model, sparsity) every backend is built twice, with
   ``zero_grad(set_to_none=False)`` (gradient buffers reused) and ``set_to_none=True``; all live in
   ONE process and run in interleaved rounds (3 steps + 3 inferences each, rotating order) so
@@ -29,7 +31,9 @@ Protocol
   an existing file, ``--compare BEFORE AFTER`` prints a before/after table.
 * Memory: each configuration is also built in a fresh subprocess; after construction the kernel's
   peak-RSS counter is reset (``/proc/self/clear_refs``) and 4 training steps (one a topology update)
-  are run; "peak RSS" is VmHWM minus the RSS before the model was built (interpreter, torch, data).
+  are run; "peak RSS" is VmHWM minus the RSS before the model was built (interpreter, torch, data),
+  during construction (model, optimizer, engine) and during the 4 steps. ``--memory-only`` measures
+  just this table (RSS does not depend on the machine's load).
   "Persistent" bytes are counted from the live tensors after training (parameters, index buffers,
   optimizer state, engine masks; gradients listed apart), each storage counted once.
 """
@@ -57,7 +61,7 @@ from perf_common import select_tables, write_json  # noqa: E402
 
 MODELS = {"small": [784, 1024, 1024, 10], "wide": [1024, 4096, 4096, 4096, 10],
           "tiny": [784, 256, 256, 10]}  # tiny: warm-up only (loads kernels before the RSS baseline)
-BACKENDS = ("dense", "masked", "sparse", "sparse-mkl", "sparse-lean", "sparse-sp", "rigl-torch")
+BACKENDS = ("dense", "masked", "sparse", "sparse-built", "sparse-mkl", "sparse-lean", "sparse-sp", "rigl-torch")
 BATCH, DELTA_T, PAPER_DELTA_T = 128, 10, 100
 
 
@@ -133,10 +137,18 @@ def build(model_name: str, sparsity: float, backend: str, opt_kind: str, x, y, d
     from sparsetrain.sparsity.backend import SparseEngine
     from sparsetrain.sparsity.engine import SparsityEngine
 
-    model = mlp(MODELS[model_name])
-    opt = make_optimizer(model, opt_kind)
     engine_args = dict(sparsity=sparsity, distribution="uniform", dense_first=False,
                        total_steps=10 ** 6, delta_t=delta_t)
+    if backend == "sparse-built":
+        # "sparse" built sparse from the start: the layers its policy compresses never exist densely
+        from sparsetrain.sparsity.storage import BackendPolicy, build_sparse
+        policy = BackendPolicy()
+        model = build_sparse(lambda: mlp(MODELS[model_name]), sparsity, "uniform", dense_first=False, policy=policy)
+        opt = make_optimizer(model, opt_kind)
+        engine = SparsityEngine(model, opt, "rigl", storage=policy, **engine_args)
+        return Runner(backend, model, opt, _engine_step(model, opt, engine, x, y, set_to_none), engine)
+    model = mlp(MODELS[model_name])
+    opt = make_optimizer(model, opt_kind)
     if backend == "dense":
         return Runner(backend, model, opt, _dense_step(model, opt, x, y, set_to_none))
     if backend == "masked":
@@ -392,6 +404,22 @@ def child(spec: str) -> None:
                       "train_peak_mb": (peak_kb - base_kb) / 1024, "bytes": tensor_bytes(runner)}))
 
 
+def memory_only(args) -> None:
+    """``--memory-only``: the memory table alone, written to ``--out``."""
+    results = {"machine": {"cpu": platform.processor() or platform.machine(), "torch": torch.__version__},
+               "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+               "memory": {}}
+    for m in args.models.split(","):
+        for s in map(float, filter(None, args.sparsities.split(","))):
+            for opt_kind in filter(None, args.memory.split(",")):
+                results["memory"][f"{m}@{s}/{opt_kind}"] = {
+                    "share": active_share(m, s, opt_kind),
+                    **{b: measure_memory(m, s, b, opt_kind) for b in args.backends.split(",")}}
+                print(m, s, opt_kind, flush=True)
+    write_json(args.out, results)
+    print(f"wrote {args.out}")
+
+
 def measure_memory(model_name: str, sparsity: float, backend: str, opt_kind: str) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", f"{model_name}:{sparsity}:{backend}:{opt_kind}"],
                          capture_output=True, text=True, check=True)
@@ -640,7 +668,8 @@ def _memory_md(r: dict) -> str:
     if not r.get("memory"):
         return ""
     rows = ["| model @ sparsity / optimizer | backend | weights | indices | optimizer state | masks | "
-            "persistent total | × nonzeros' share | grads | peak RSS (train) |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "persistent total | × nonzeros' share | grads | peak RSS (build) | peak RSS (train) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     mb = lambda b: f"{b / 2 ** 20:.2f} MB"  # noqa: E731
     for key, m in r["memory"].items():
         share = m["share"]["share_bytes"]
@@ -651,7 +680,7 @@ def _memory_md(r: dict) -> str:
             total = by["weights"] + by["indices"] + by["optimizer"] + by["masks"]
             rows.append(f"| {key} | {b} | {mb(by['weights'])} | {mb(by['indices'])} | {mb(by['optimizer'])} | "
                         f"{mb(by['masks'])} | {mb(total)} | **{total / share:.2f}×** | {mb(by['grads'])} | "
-                        f"{m[b]['train_peak_mb']:.0f} MB |")
+                        f"{m[b]['build_peak_mb']:.0f} MB | {m[b]['train_peak_mb']:.0f} MB |")
     return "\n".join(rows)
 
 
@@ -780,6 +809,8 @@ def main(argv=None) -> None:
                     help="print the before/after table of two results files and exit")
     ap.add_argument("--table", metavar="N|N-M", help="with --report/--compare: print only the N-th table "
                     "(or tables N to M; tables are the blocks between blank lines)")
+    ap.add_argument("--memory-only", action="store_true", help="measure only the memory table (--models, "
+                    "--sparsities, --backends, --memory) into --out")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -787,6 +818,8 @@ def main(argv=None) -> None:
     if args.compare or args.report:
         text = report_text(args.report, args.compare)
         return print(select_tables(text, args.table) if args.table else text)
+    if args.memory_only:
+        return memory_only(args)
     torch.set_num_threads(args.threads)
     results = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
                            "torch": torch.__version__, "loadavg_start": os.getloadavg()},

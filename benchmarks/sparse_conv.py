@@ -264,7 +264,7 @@ def main(argv=None) -> None:
     p.add_argument("--out", default="docs/perf/sparse_conv.json")
     p.add_argument("--parts", default="layers,models,memory")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--models", default="lenet5,wrn-22-2,resnet50", help="models of the models part")
+    p.add_argument("--models", default="lenet5,wrn-22-2,resnet18,resnet50", help="models of the models part")
     p.add_argument("--child")
     p.add_argument("--report", "--markdown", dest="report", metavar="JSON",
                    help="print the tables of a result JSON and exit")
@@ -282,7 +282,10 @@ def main(argv=None) -> None:
         res["layers"] = layer_table(a.rounds)
     if "models" in parts:
         jobs = [("wrn-22-2", 128, s, "train", d) for d in ("erk", "uniform") for s in (0.95, 0.99)] + \
+               [("wrn-22-2", 128, 0.9, "train", "erk")] + \
                [("resnet50", 1, s, "infer", d) for d in ("erk", "uniform") for s in (0.95, 0.99)] + \
+               [("resnet50", 32, 0.95, "infer", "erk")] + \
+               [("resnet18", 128, s, "train", "erk") for s in (0.9, 0.95, 0.99)] + \
                [("lenet5", 128, 0.95, "train", "erk")]
         res["models"] = model_table([j for j in jobs if j[0] in a.models.split(",")], a.rounds)
     if "memory" in parts:

@@ -86,6 +86,10 @@ class SparsityConfig:
     Linear layers at low density are stored as CSR and trained with sparse kernels, see
     docs/performance.md); ``backend_options`` go to the compressed storage policy (``sparsetrain.sparsity.storage.BackendPolicy``)
     (``max_density``, ``min_size``, ``overrides``, ``cache_transpose``, ``block_elems``, ``kernel``).
+    ``build``: how a sparse-backend run constructs its model: "sparse" (the layers the policy
+    compresses are created compressed, never dense: construction memory follows the nonzeros),
+    "dense" (built dense, then compressed) or "auto" (sparse where the method starts from random
+    masks and the model's init is known module by module, else dense; the log says which).
 
     ``distribution`` left out (None) becomes the method's paper default
     (:func:`default_distribution`) as the config is built, so the stored and hashed value is
@@ -105,6 +109,7 @@ class SparsityConfig:
     backend_options: Dict[str, Any] = field(default_factory=dict)
     pattern: str = "unstructured"
     pattern_overrides: Dict[str, str] = field(default_factory=dict)
+    build: str = "auto"
 
     def __post_init__(self):
         if self.distribution is None:  # frozen: resolve the default once, as the config is built
@@ -191,7 +196,8 @@ def flat_items(d: Mapping[str, Any], prefix: str = ""):
 
 # keys added later: left out of the hash while at their default, so older run directories keep theirs
 _HASHED_UNLESS = {"train.init_from": None, "sparsity.backend": "masked", "sparsity.backend_options": {},
-                  "sparsity.pattern": "unstructured", "sparsity.pattern_overrides": {}, "train.callbacks": []}
+                  "sparsity.pattern": "unstructured", "sparsity.pattern_overrides": {}, "train.callbacks": [],
+                  "sparsity.build": "auto"}
 # values hashed as their older spelling, so that runs written before keep their directories
 _HASHED_AS = {("train.amp", "off"): False, ("train.amp", "fp16"): True}
 
@@ -387,6 +393,10 @@ def validate(cfg: RunConfig) -> None:
         (cfg.train.threads >= 0, f"train.threads must be >= 0 (0 = automatic), got {cfg.train.threads}"),
         (cfg.sparsity.backend in ("masked", "sparse"),
          f"sparsity.backend must be masked or sparse, got '{cfg.sparsity.backend}'"),
+        (cfg.sparsity.build in ("auto", "sparse", "dense"),
+         f"sparsity.build must be auto, sparse or dense, got '{cfg.sparsity.build}'"),
+        (cfg.sparsity.build != "sparse" or cfg.sparsity.backend == "sparse",
+         "sparsity.build=sparse needs sparsity.backend=sparse (a masked run holds dense weights); remove it"),
         (cfg.train.multiplier > 0, f"train.multiplier must be positive, got {cfg.train.multiplier}"),
         (cfg.optim.lr > 0, f"optim.lr must be positive, got {cfg.optim.lr}"),
         (cfg.optim.name in ("sgd", "adam", "adamw"), f"optim.name must be sgd, adam or adamw, got '{cfg.optim.name}'"),
@@ -474,6 +484,8 @@ KEY_MEANINGS: Dict[str, str] = {
     "sparsity.options": "the method's own options, e.g. {\"delta_t\": 100} (see docs/methods.md)",
     "sparsity.backend": "masked (every device) or sparse (CSR on CPU)",
     "sparsity.backend_options": "options of the sparse backend",
+    "sparsity.build": "sparse backend: auto, sparse (compressed layers created compressed) or dense (built dense, "
+                      "then compressed)",
     "sparsity.pattern": "sparsity pattern of every sparsified layer: unstructured, N:M (e.g. 2:4, fixes "
                         "sparsity at 1-N/M), block:RxC (e.g. block:4x4) or channel (whole output channels)",
     "sparsity.pattern_overrides": "fnmatch pattern of weight names -> sparsity pattern, first match wins, "

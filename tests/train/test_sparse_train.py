@@ -54,6 +54,7 @@ def test_sparse_backend_trains_like_masked_dense(runs):
     m, s = summary_of(runs["masked"]), summary_of(runs["sparse"])
     assert "backend" not in m
     assert s["backend"] == "sparse" and sorted(s["compressed_layers"]) == sorted(s["layers"])
+    assert s["built"] == "sparse"             # sparsity.build=auto: RigL starts from random masks
     # exact per-layer counts are the same rule on both backends
     assert {n: v["density"] for n, v in s["layers"].items()} == {n: v["density"] for n, v in m["layers"].items()}
     assert s["achieved_sparsity"] == pytest.approx(m["achieved_sparsity"], abs=1e-12)
@@ -116,6 +117,7 @@ def test_gmp_compresses_layers_during_the_run_and_resumes(tmp_path, capsys):
     code, _, err = cli([*gmp, "--out-dir", str(tmp_path)], capsys)
     assert code == 0, err
     first = summary_of(tmp_path)
+    assert first["built"] == "dense"          # GMP starts dense: sparsity.build=auto builds it dense
     # dense at the start (density 1); ERK at 0.95 takes the hidden layers below max_density 0.1, not the head
     assert first["compressed_layers"] == ["layers.0.weight", "layers.2.weight"]
     assert first["layers"]["layers.4.weight"]["density"] > 0.1
@@ -138,6 +140,10 @@ def test_gmp_compresses_layers_during_the_run_and_resumes(tmp_path, capsys):
     (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"overrides": {"*": "csr"}}'],
      "use 'sparse' or 'dense'"),
     (["--set", "sparsity.backend=sparse", "--set", "sparsity.method=dense"], "trains without masks"),
+    (["--set", "sparsity.backend=sparse", "--set", "sparsity.method=gmp", "--set", "sparsity.build=sparse"],
+     "use sparsity.build=dense"),
+    (["--set", "sparsity.build=sparse"], "needs sparsity.backend=sparse"),
+    (["--set", "sparsity.backend=sparse", "--set", "sparsity.build=lazy"], "must be auto, sparse or dense"),
     (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"kernel": "cusparse"}'],
      "unknown sparse kernel"),
     (["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"min_size": "big"}'],
@@ -158,6 +164,11 @@ def test_backend_is_hashed_only_when_set():
     assert run_hash(base) != run_hash(RunConfig(sparsity=SparsityConfig(backend="sparse")))
     assert run_hash(RunConfig(sparsity=SparsityConfig(backend="sparse"))) != run_hash(
         RunConfig(sparsity=SparsityConfig(backend="sparse", backend_options={"max_density": 0.2})))
+    # sparsity.build changes the init draws of a CNN: hashed unless at its default
+    assert run_hash(RunConfig(sparsity=SparsityConfig(backend="sparse"))) == run_hash(
+        RunConfig(sparsity=SparsityConfig(backend="sparse", build="auto")))
+    assert run_hash(RunConfig(sparsity=SparsityConfig(backend="sparse"))) != run_hash(
+        RunConfig(sparsity=SparsityConfig(backend="sparse", build="dense")))
 
 
 def test_backend_options_are_storage_policy_fields():

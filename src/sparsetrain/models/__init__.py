@@ -21,7 +21,8 @@ from . import lenet, mlp, mobilenet, resnet, rnn, vgg, wrn  # noqa: F401  (regis
 from .common import check_width
 from .external import build_external, check_external, is_external
 
-__all__ = ["build_model", "check_model", "count_parameters", "small_dense_width", "model_options", "MODELS"]
+__all__ = ["build_model", "check_model", "count_parameters", "init_rule", "small_dense_width", "model_options",
+           "MODELS"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,25 @@ def build_model(name: str, info: DataInfo, width: float = 1.0, **options) -> nn.
         return build_external(name, info, check_width(width), options)
     check_model(name, options)
     return MODELS.get(name)(info, check_width(width), **options)
+
+
+#: the init rule of each registered model, for building it module by module (``build_sparse``):
+#: "default" (each module's ``reset_parameters``) or a family rule of ``common.FAMILY_INITS``
+#: applied after it; a model not listed (mobilenet_v2: torchvision's own init) cannot be built so
+_INIT_RULES = {"mlp": "default", "lenet300": "default", "lstm_lm": "default", "gru_lm": "default",
+               "lenet5": "cnn", "mobilenet_v1": "cnn", "resnet18": "cnn", "resnet50": "cnn",
+               "wrn": "wrn", "wrn-22-2": "wrn", "wrn-16-8": "wrn", "wrn-28-10": "wrn", "vgg16": "vgg"}
+
+
+def init_rule(name: str, options: dict) -> tuple:
+    """(rule, None) naming how model ``name`` initialises one module, or (None, why not) when it
+    cannot be built module by module (an external model, an option that changes the init)."""
+    if is_external(name):
+        return None, f"the init of external model '{name}' is not known module by module"
+    if options.get("zero_init_residual"):
+        return None, "zero_init_residual changes the init of whole residual blocks"
+    rule = _INIT_RULES.get(str(name).lower())
+    return (rule, None) if rule else (None, f"model '{name}' has no module-by-module init rule")
 
 
 def count_parameters(model: nn.Module) -> int:

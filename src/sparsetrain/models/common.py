@@ -95,3 +95,25 @@ def init_cnn(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm)) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+def init_wrn(module: nn.Module) -> None:
+    """WRN's init: :func:`init_cnn`, and zero biases of the linear classifier."""
+    init_cnn(module)
+    for m in module.modules():
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
+def init_vgg(module: nn.Module) -> None:
+    """torchvision's VGG init: :func:`init_cnn`, and linear layers ~ N(0, 0.01) with zero biases."""
+    init_cnn(module)
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, 0.01)
+            nn.init.zeros_(m.bias)
+
+
+#: the init a family applies to the whole model after construction (each module's own
+#: ``reset_parameters`` first); ``sparsity.storage.build_sparse`` applies it module by module
+FAMILY_INITS = {"cnn": init_cnn, "wrn": init_wrn, "vgg": init_vgg}

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 
 from ..data.base import DataInfo
 from ..registry import MODELS
-from .common import check_prob, image_shape, init_cnn, is_small_input, scaled
+from .common import check_prob, image_shape, init_vgg, is_small_input, scaled
 
 # Configuration "D" of Simonyan & Zisserman (13 convs); "M" is a 2x2 max-pool.
 _VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -47,11 +47,7 @@ class VGG(nn.Module):
         side, hidden = (1, 512) if small_input else (7, 4096)
         self.avgpool = nn.AdaptiveAvgPool2d(side)
         self.classifier = _classifier(scaled(512, width) * side * side, scaled(hidden, width), num_classes, dropout)
-        init_cnn(self)
-        for m in self.classifier.modules():  # torchvision's VGG init for linear layers
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_vgg(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.avgpool(self.features(x)).flatten(1))

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from ..data.base import DataInfo
 from ..errors import ConfigError
 from ..registry import MODELS
-from .common import check_prob, image_shape, init_cnn, scaled
+from .common import check_prob, image_shape, init_wrn, scaled
 
 
 class WideBasic(nn.Module):
@@ -53,8 +53,7 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool2d(1)  # = the paper's 8x8 average pool at 32x32 inputs
         self.fc = nn.Linear(prev, num_classes)
-        init_cnn(self)
-        nn.init.zeros_(self.fc.bias)
+        init_wrn(self)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.block3(self.block2(self.block1(self.conv1(x))))

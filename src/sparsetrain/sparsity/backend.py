@@ -3,7 +3,8 @@
 * :func:`SparseEngine` — ``SparsityEngine(..., storage=BackendPolicy(...))`` with the policy's
   fields as keyword arguments (the spelling of earlier versions, kept for scripts and benchmarks);
 * :func:`use_sparse_backend` / :func:`use_dense_backend` — switch an engine's storage in place;
-* :func:`build_sparse_engine` — the engine of a run with ``sparsity.backend = "sparse"``. Everything
+* :func:`build_sparse_engine` — the engine of a run with ``sparsity.backend = "sparse"``
+  (:func:`check_sparse_backend` its checks, also made before a model is built sparse). Everything
   a user can get wrong there is a one-line :class:`ConfigError` before the model is touched: a
   device other than the CPU, several processes, a method that does not declare
   ``runs_on_compressed`` (its equivalence with masked-dense storage is not established by our
@@ -85,10 +86,9 @@ def compressible_methods() -> list:
     return [n for n in METHODS.names() if METHODS.get(n).runs_on_compressed]
 
 
-def build_sparse_engine(model: nn.Module, optimizer: Optional[torch.optim.Optimizer], method: str, *,
-                        device: torch.device, world: int, backend_options: Mapping[str, Any],
-                        **engine_options) -> SparsityEngine:
-    """A :class:`SparsityEngine` with a storage policy for a training run, after checking the run can use it."""
+def check_sparse_backend(method: str, *, device: torch.device, world: int,
+                         backend_options: Mapping[str, Any]) -> BackendPolicy:
+    """The storage policy of a run with ``sparsity.backend = "sparse"``, after checking the run can use it."""
     if torch.device(device).type != "cpu":
         raise ConfigError(f"sparsity.backend=sparse runs on the CPU only; set train.device=cpu or "
                           f"sparsity.backend=masked (device is {device})")
@@ -105,7 +105,16 @@ def build_sparse_engine(model: nn.Module, optimizer: Optional[torch.optim.Optimi
         types, what = OPTION_TYPES[key]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise ConfigError(f"sparsity.backend_options.{key} must be {what}, got {value!r}")
-    engine = SparsityEngine(model, optimizer, method, storage=_policy(backend_options), **engine_options)
+    return _policy(backend_options)
+
+
+def build_sparse_engine(model: nn.Module, optimizer: Optional[torch.optim.Optimizer], method: str, *,
+                        device: torch.device, world: int, backend_options: Mapping[str, Any],
+                        **engine_options) -> SparsityEngine:
+    """A :class:`SparsityEngine` with a storage policy for a training run (:func:`check_sparse_backend`);
+    ``model`` may come from ``build_sparse`` with the same plan."""
+    policy = check_sparse_backend(method, device=device, world=world, backend_options=backend_options)
+    engine = SparsityEngine(model, optimizer, method, storage=policy, **engine_options)
     if not engine.layers:
         log.warning("sparsity.backend=sparse: no layer qualifies for compressed storage (each needs "
                     "density <= max_density and >= min_size weights, see docs/performance.md); every "

@@ -165,7 +165,8 @@ def plan_densities(model, sparsity: float, distribution: str = "erk", *, dense_f
                    dense_last: bool = False, include: Optional[Sequence[str]] = None,
                    exclude: Optional[Sequence[str]] = None, custom: Optional[Mapping[str, float]] = None,
                    erk_power: float = 1.0, pattern: str = "unstructured",
-                   pattern_overrides: Optional[Mapping[str, str]] = None) -> DensityPlan:
+                   pattern_overrides: Optional[Mapping[str, str]] = None,
+                   logical: Sequence[Target] = ()) -> DensityPlan:
     """The one home of "targets -> per-layer densities -> exact counts" (engine, ``flops``, Small-Dense).
 
     Works on a model on the meta device (only shapes are read). ``dense_first`` None applies
@@ -176,11 +177,14 @@ def plan_densities(model, sparsity: float, distribution: str = "erk", *, dense_f
     weight names: pattern}) give each layer its sparsity pattern (:mod:`.patterns`). An N:M layer
     has density N/M whatever the distribution: it leaves the budget like a ``custom`` layer, and
     when every sparsified layer is N:M, ``sparsity`` must equal the sparsity they fix. Block and
-    channel layers keep the distribution's density rounded down to whole blocks/channels."""
+    channel layers keep the distribution's density rounded down to whole blocks/channels.
+
+    ``logical``: shape-only targets of the layers ``model`` already holds compressed (built sparse);
+    they are planned in their place like the dense weights they stand for."""
     if dense_first is None:
         dense_first = default_dense_first(distribution)
     targets, kept = find_targets(model, include=list(include or ()) or None, exclude=list(exclude or ()) or None,
-                                 dense_first=dense_first, dense_last=dense_last)
+                                 dense_first=dense_first, dense_last=dense_last, logical=logical)
     patterns = resolve({t.name: t.shape for t in targets}, pattern, pattern_overrides)
     custom = _nm_custom(targets, patterns, sparsity, dict(custom or {}))
     kwargs: Dict[str, object] = {"custom": custom}

@@ -47,7 +47,7 @@ from ..errors import CheckpointError, ConfigError
 from ..registry import METHODS
 from . import methods as _methods  # noqa: F401  (registers the built-in methods)
 from .distributions import plan_densities
-from .masks import density_report, unwrap
+from .masks import density_report, random_masks, unwrap
 from .patterns import UNSTRUCTURED, Pattern, parse_pattern
 from .storage import STORAGES, BackendPolicy, GrowScores, LayerStore, MaskedDenseStore
 from .storage.base import DEFAULT_BLOCK_ELEMS
@@ -89,8 +89,10 @@ class SparsityEngine:
         method: a registered method name (``static``, ``set``, ``rigl``, ``snfs``, ...).
         sparsity: global target fraction of zeros over the sparsified layers, in [0, 1). Leave it
             out for a model built with compressed layers (``SparseLinear.random``,
-            ``SparseLSTM.random``): their patterns are then the masks and the only targets (given
-            a sparsity, compressed layers of the model are not sparsified by the engine).
+            ``SparseLSTM.random``): their patterns are then the masks and the only targets. Given
+            a sparsity, compressed layers of the model are planned with the dense ones (a model
+            from ``build_sparse`` with the same sparsity and rules): each must hold the count the
+            plan gives it, and the other targets get random masks.
         distribution: ``uniform``, ``er``, ``erk`` or ``custom``; None: the method's paper default
             (uniform for GMP, SNIP and edge-popup, ERK otherwise; ``config.default_distribution``).
         total_steps: length of training in steps (schedules are anchored to it).
@@ -130,21 +132,23 @@ class SparsityEngine:
         self.stores: Dict[str, LayerStore] = {}
         self.patterns: Dict[str, Pattern] = {}
         self.masks = MaskView(self.stores)
+        built = self._built_compressed() if sparsity is not None else {}
         adopted = sparsity is None and self._adopt_compressed(seed)
         if not adopted:
             distribution = distribution or default_distribution(self.method.name)
-            self._plan(sparsity, distribution, dense_first=dense_first, dense_last=dense_last, include=include,
-                       exclude=exclude, custom=custom, erk_power=erk_power, seed=seed, pattern=pattern,
-                       pattern_overrides=pattern_overrides)
+            self._plan(sparsity, distribution, built, dense_first=dense_first, dense_last=dense_last,
+                       include=include, exclude=exclude, custom=custom, erk_power=erk_power, seed=seed,
+                       pattern=pattern, pattern_overrides=pattern_overrides)
         elif parse_pattern(pattern).structured or pattern_overrides:
             raise ConfigError("a model built with compressed layers keeps unstructured patterns; remove the pattern")
         self._check_patterns(self.policy)
         self.method.check_patterns(self.patterns)
         self.method.setup(self)
         if not adopted:
-            masks = self.method.init_masks(self)
+            masks = self._initial_masks(built)
             for store in self.stores.values():
-                store.mask = self._broadcast(masks[store.name])
+                if store.name not in built:
+                    store.mask = self._broadcast(masks[store.name])
             self.apply_masks()
             if not self.method.starts_dense:  # pruning methods start all-ones
                 self._warn_if_denser_than_asked(sparsity)
@@ -161,13 +165,17 @@ class SparsityEngine:
         and the method's options."""
         return cls(model, optimizer, method, storage=BackendPolicy(block_elems=block_elems), **options)
 
-    def _plan(self, sparsity: Optional[float], distribution: str, seed: int, **rules) -> None:
-        """Targets, kept-dense layers and per-layer densities of a dense model (masked-dense stores
-        whose masks the method initialises next)."""
+    def _plan(self, sparsity: Optional[float], distribution: str, built: Mapping[str, LayerStore], seed: int,
+              **rules) -> None:
+        """Targets, kept-dense layers and per-layer densities of the model (masked-dense stores whose
+        masks the method initialises next; ``built``: the stores of layers it already holds
+        compressed, which must hold the plan's counts)."""
         if sparsity is None:
             raise ConfigError("sparsity (the target fraction of zeros) is required; only a model built with "
                               "compressed layers (SparseLinear.random, SparseLSTM.random) can leave it out")
-        plan = plan_densities(self.model, sparsity, distribution, **rules)
+        plan = plan_densities(self.model, sparsity, distribution, logical=[s.target for s in built.values()],
+                              **rules)
+        self._check_built(built, plan, sparsity, distribution)
         self.kept_dense, self.densities = list(plan.kept_dense), dict(plan.densities)
         self.patterns = {t.name: plan.pattern(t.name) for t in plan.targets}
         self.config = {"method": self.method.name, "sparsity": sparsity, "distribution": distribution,
@@ -175,7 +183,44 @@ class SparsityEngine:
                        "pattern": str(parse_pattern(rules["pattern"]))}
         if rules["pattern_overrides"]:
             self.config["pattern_overrides"] = dict(rules["pattern_overrides"])
-        self.stores.update({t.name: MaskedDenseStore(t, None, self.patterns[t.name]) for t in plan.targets})
+        self.stores.update({t.name: built.get(t.name) or MaskedDenseStore(t, None, self.patterns[t.name])
+                            for t in plan.targets})
+
+    def _built_compressed(self) -> Dict[str, LayerStore]:
+        """Stores of the layers the model holds compressed before the engine plans it (a model from
+        ``build_sparse``); with any, the engine's storage policy is the given one or the default."""
+        policy = self.policy or BackendPolicy()
+        built: Dict[str, LayerStore] = {}
+        for key in STORAGES:
+            built.update(STORAGES.get(key).adopt(self.model, policy))
+        if built:
+            self.policy = policy
+        return built
+
+    @staticmethod
+    def _check_built(built: Mapping[str, LayerStore], plan, sparsity: float, distribution: str) -> None:
+        """Every compressed layer is a target of the plan, holding the plan's count."""
+        planned = {t.name for t in plan.targets}
+        for name, store in built.items():
+            fix = ("build the model with build_sparse(...) at the same sparsity, distribution and layer "
+                   "rules, or leave out sparsity to train the compressed layers as they are")
+            if name not in planned:
+                raise ConfigError(f"'{name}' is built compressed but this plan keeps it dense "
+                                  f"(dense_first, dense_last, include or exclude); {fix}")
+            if store.n_active() != plan.counts[name]:
+                raise ConfigError(f"'{name}' is built compressed with {store.n_active()} weights but sparsity "
+                                  f"{sparsity:g} ({distribution}) plans {plan.counts[name]}; {fix}")
+
+    def _initial_masks(self, built: Mapping[str, LayerStore]) -> Dict[str, torch.Tensor]:
+        """The method's initial masks; around layers built compressed, random masks for the others
+        (only methods that start from random masks can take a model built sparse)."""
+        if not built:
+            return self.method.init_masks(self)
+        if not self.method.starts_from_random_masks():
+            raise ConfigError(f"method '{self.method.name}' does not start from random masks, so it cannot take "
+                              "a model built sparse; build the model dense (sparsity.build=dense)")
+        rest = [t for t in self.targets if t.name not in built]
+        return random_masks(rest, self.densities, self.generator, self.patterns)
 
     def _check_patterns(self, policy: Optional[BackendPolicy]) -> None:
         """The compressed (CSR) storage holds unstructured layers only."""

@@ -46,11 +46,20 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _default_candidates(model: nn.Module) -> List[Target]:
-    """Conv/Linear weights and RNN weight matrices, skipping tensors shared with an embedding."""
+def _by_module(logical: Sequence[Target]) -> Dict[str, List[Target]]:
+    out: Dict[str, List[Target]] = {}
+    for t in logical:
+        out.setdefault(t.module_name, []).append(t)
+    return out
+
+
+def _default_candidates(model: nn.Module, logical: Sequence[Target] = ()) -> List[Target]:
+    """Conv/Linear weights and RNN weight matrices, skipping tensors shared with an embedding;
+    ``logical`` targets (layers the model holds compressed) take their module's place in order."""
     shared = {id(p) for m in model.modules() if isinstance(m, DENSE_MODULES) for p in m.parameters()}
-    seen, out = set(), []
+    seen, out, at = set(), [], _by_module(logical)
     for mname, module in model.named_modules():
+        out += at.get(mname, [])
         for pname, p in module.named_parameters(recurse=False):
             wanted = (isinstance(module, SPARSE_MODULES) and pname == "weight") or (
                 isinstance(module, RNN_MODULES) and pname.startswith("weight_")
@@ -61,10 +70,12 @@ def _default_candidates(model: nn.Module) -> List[Target]:
     return out
 
 
-def _matching(model: nn.Module, patterns: Sequence[str]) -> List[Target]:
-    """All parameters with ndim >= 2 whose name matches one of ``patterns`` (fnmatch)."""
-    out, seen = [], set()
+def _matching(model: nn.Module, patterns: Sequence[str], logical: Sequence[Target] = ()) -> List[Target]:
+    """All parameters with ndim >= 2 (and ``logical`` targets) whose name matches one of
+    ``patterns`` (fnmatch)."""
+    out, seen, at = [], set(), _by_module(logical)
     for mname, module in model.named_modules():
+        out += [t for t in at.get(mname, []) if any(fnmatch.fnmatchcase(t.name, pat) for pat in patterns)]
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname
             if p.dim() >= 2 and id(p) not in seen and any(fnmatch.fnmatchcase(full, pat) for pat in patterns):
@@ -75,16 +86,18 @@ def _matching(model: nn.Module, patterns: Sequence[str]) -> List[Target]:
 
 def find_targets(model: nn.Module, *, include: Optional[Sequence[str]] = None,
                  exclude: Optional[Sequence[str]] = None, dense_first: bool = False,
-                 dense_last: bool = False) -> tuple[List[Target], List[Target]]:
+                 dense_last: bool = False, logical: Sequence[Target] = ()) -> tuple[List[Target], List[Target]]:
     """Split candidate weights into (sparsified targets, weights kept dense by first/last rules).
 
     ``include``/``exclude`` are fnmatch patterns over parameter names (``"features.*"``,
     ``"fc1.weight"``); patterns that match nothing are an error, so typos do not pass silently.
+    ``logical``: the weights of layers the model holds compressed (a shape-only ``Target`` each,
+    named as the dense weight), candidates in their module's place.
     """
     model = unwrap(model)
-    cands = _matching(model, include) if include else _default_candidates(model)
+    cands = _matching(model, include, logical) if include else _default_candidates(model, logical)
     for pats, what in ((include or (), "include"), (exclude or (), "exclude")):
-        names = [n for n, _ in model.named_parameters()]
+        names = [n for n, _ in model.named_parameters()] + [t.name for t in logical]
         for pat in pats:
             if not any(fnmatch.fnmatchcase(n, pat) for n in names):
                 raise ConfigError(f"{what} pattern '{pat}' matches no parameter; names look like: "

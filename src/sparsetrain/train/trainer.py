@@ -30,7 +30,7 @@ from .flops_meter import build_flops_meter
 from .init_from import init_from_run
 from .loop import LoopState, train_loop
 from .phases import TicketClock, phase_config, phase_starts, with_extra_loss
-from .runner import build_engine, build_optimizer, build_scheduler, seed_everything, total_steps
+from .runner import build_engine, build_optimizer, build_run_model, build_scheduler, seed_everything, total_steps
 from .stop import StopOnRequest
 from .threads import intra_op_threads
 from .trackers import build_trackers, build_user_callbacks, check_trackers
@@ -65,7 +65,8 @@ class Trainer:
         self.model_cfg = adjusted_config(method_cls, cfg, self.info).model  # Small-Dense narrows it
         seed_everything(cfg.seed)
         m = self.model_cfg
-        self.model = build_model(m.name, self.info, width=m.width, **m.options).to(self.device)
+        #: built "sparse" (compressed layers created compressed: sparsity.build) or "dense"
+        self.model, self.built = build_run_model(cfg, m, self.info, self.device, self.dist.world)
         self.train_batches = EpochBatches(self.splits.train, d.batch_size, cfg.seed, self.dist.rank, self.dist.world)
         self.total = total_steps(cfg, self.steps_per_epoch)
         self.optimizer = build_optimizer(self.model, cfg)
@@ -339,7 +340,7 @@ class Trainer:
             if self.cfg.sparsity.pattern_overrides:
                 out["pattern_overrides"] = dict(self.cfg.sparsity.pattern_overrides)
             if self.cfg.sparsity.backend != "masked":
-                out.update(backend=self.cfg.sparsity.backend,
+                out.update(backend=self.cfg.sparsity.backend, built=self.built,
                            compressed_layers=[n for n in rep["layers"] if self.engine.is_compressed(n)])
         else:
             out.update(achieved_density=1.0, achieved_sparsity=0.0, model_density=1.0)

@@ -73,6 +73,12 @@ class Method:
     def validate(self) -> None:
         """Check option values; raise ConfigError naming the fix."""
 
+    @classmethod
+    def starts_from_random_masks(cls) -> bool:
+        """Whether the method's initial masks are exact-count random ones (this class's
+        :meth:`init_masks`), the masks a model built sparse already holds."""
+        return not cls.starts_dense and cls.init_masks is Method.init_masks
+
     # --- life cycle -------------------------------------------------------------------------
     def setup(self, engine: "SparsityEngine") -> None:
         """Resolve step-anchored options once ``engine.total_steps`` is known."""

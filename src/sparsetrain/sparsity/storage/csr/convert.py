@@ -17,7 +17,7 @@ gathered at the active positions — or scattered back to dense by :func:`densif
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -107,10 +107,16 @@ def rnn_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if n and isinstance(m, nn.RNNBase)]
 
 
+def mask_counts(masks: Mapping[str, torch.Tensor]) -> Callable[[str], Optional[int]]:
+    """The active count of weight ``name`` under ``masks`` (None: not sparsified), for :func:`choose_rnn`."""
+    return lambda name: int(masks[name].sum()) if name in masks else None
+
+
 def choose_rnn(policy: BackendPolicy, module_name: str, rnn: nn.Module,
-               masks: Mapping[str, torch.Tensor]) -> Tuple[bool, str]:
-    """(compress?, why) for the recurrent module ``module_name`` under ``policy`` and ``masks``
-    ({weight name: mask} of the sparsified tensors): all its weight matrices or none.
+               active: Callable[[str], Optional[int]]) -> Tuple[bool, str]:
+    """(compress?, why) for the recurrent module ``module_name`` under ``policy``, ``active(name)``
+    giving the active count of each sparsified weight matrix (None: not sparsified; e.g.
+    :func:`mask_counts`): all its weight matrices or none.
 
     An override matching the module name decides; forcing "sparse" on a module that cannot be
     compressed (bidirectional, proj_size, a matrix without a mask) is a ConfigError.
@@ -121,7 +127,8 @@ def choose_rnn(policy: BackendPolicy, module_name: str, rnn: nn.Module,
     reason = unsupported_reason(rnn)
     if reason is None:
         names = [f"{module_name}.{n}" for n in matrix_names(rnn.num_layers)]
-        unmasked = [n for n in names if n not in masks]
+        counts = {n: active(n) for n in names}
+        unmasked = [n for n in names if counts[n] is None]
         reason = f"{', '.join(unmasked)} not sparsified (kept dense or excluded)" if unmasked else None
     if reason is not None:
         if forced == "sparse":
@@ -129,7 +136,7 @@ def choose_rnn(policy: BackendPolicy, module_name: str, rnn: nn.Module,
         return False, reason
     if forced == "sparse":
         return True, "override 'sparse'"
-    dense = [n for n in names if policy.choose(n, masks[n].numel(), int(masks[n].sum())) == "dense"]
+    dense = [n for n in names if policy.choose(n, getattr(rnn, n.rsplit(".", 1)[1]).numel(), counts[n]) == "dense"]
     if dense:
         return False, f"{', '.join(dense)} too dense or too small (all matrices must qualify)"
     return True, "every weight matrix qualifies"
@@ -204,7 +211,7 @@ def sparsify_model(model: nn.Module, engine_or_masks, *, max_density: float = 0.
         if policy.choose(name, mask.numel(), int(mask.sum())) == "sparse":
             out[name] = compress_linear(model, module_name, mask, optimizer, policy.cache_transpose)
     for module_name, rnn in rnn_modules(model):
-        chosen, why = choose_rnn(policy, module_name, rnn, masks)
+        chosen, why = choose_rnn(policy, module_name, rnn, mask_counts(masks))
         log.info("%s '%s': %s", "compressing" if chosen else "leaving dense", module_name, why)
         if chosen:
             out.update(compress_rnn(model, module_name, masks, optimizer, policy.cache_transpose))

@@ -37,8 +37,8 @@ from ...masks import Target
 from ...topk import topk_mask
 from ..base import STORAGES, BackendPolicy, GrowScores, LayerStore, Storage, Sync
 from ..dense import MaskedDenseStore
-from .convert import (choose_rnn, compress_linear, compress_rnn, compressed_layers, densify_model, rnn_modules,
-                      swap_parameter)
+from .convert import (choose_rnn, compress_linear, compress_rnn, compressed_layers, densify_model, mask_counts,
+                      rnn_modules, swap_parameter)
 from .indices import carry, flat_from_csr, flat_from_mask, match
 from .matrix import CSRWeight, coo_flat, coo_mask
 from .rnn import matrix_names, unsupported_reason
@@ -279,7 +279,7 @@ def _rnns_to_compress(model: nn.Module, stores: Mapping[str, LayerStore], masks:
     for module_name, rnn in rnn_modules(model):
         if not any(s.target.module_name == module_name for s in stores.values()):
             continue
-        chosen, why = choose_rnn(policy, module_name, rnn, masks)
+        chosen, why = choose_rnn(policy, module_name, rnn, mask_counts(masks))
         log.log(logging.INFO if announce else logging.DEBUG, "sparse backend: %s '%s': %s",
                 "compressing" if chosen else "leaving dense", module_name, why)
         if chosen:
