@@ -16,7 +16,12 @@ Per run the file keeps the child's wall time (from start to exit, so data loadin
 included), its peak resident memory (``ru_maxrss`` of that child from ``os.wait4``: the whole
 process, data included), the test accuracy and the step count and training time of its
 summary.json, with the machine and the 1-minute load average before and after each run.
-``--steps`` / ``--hidden`` / ``--dataset`` shrink the job for a smoke test.
+``--steps`` / ``--hidden`` / ``--dataset`` shrink the job for a smoke test. ``--config`` runs
+that config's job instead (``--epochs`` of it) and ``--seeds`` repeats every variant per seed,
+e.g. the CNN check of docs/performance.md:
+
+    python benchmarks/cli_end_to_end.py --config configs/fashion_lenet5.toml --epochs 2 --seeds 0,1,2 \
+        --variants masked,sparse,sparse-all --out docs/perf/cli_fashion_lenet5.json
 """
 from __future__ import annotations
 
@@ -39,22 +44,28 @@ VARIANTS = {
     "sparse": ("sparse (default kernel: native where built)", ["--set", "sparsity.backend=sparse"]),
     "sparse-mkl": ('sparse, `backend_options={"kernel": "mkl"}`',
                    ["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"kernel": "mkl"}']),
+    "sparse-all": ('sparse, every layer compressed (`backend_options={"overrides": {"*": "sparse"}}`)',
+                   ["--set", "sparsity.backend=sparse", "--set", 'sparsity.backend_options={"overrides": {"*": "sparse"}}']),
     "sparseprop": ('sparse, `backend_options={"kernel": "sparseprop", "cache_transpose": false}`',
                    ["--set", "sparsity.backend=sparse", "--set",
                     'sparsity.backend_options={"kernel": "sparseprop", "cache_transpose": false}']),
 }
 
 
-def recipe(args) -> List[str]:
-    """The ``sparsetrain train`` arguments shared by every variant."""
-    hidden = [int(h) for h in args.hidden.split(",")]
-    cmd = ["train", "--quiet", "--data-dir", args.data_dir,
-           "--set", f"data.name={args.dataset}", "--set", "model.name=mlp",
-           "--set", f"model.options={json.dumps({'hidden': hidden})}",
-           "--set", "sparsity.method=rigl", "--set", f"sparsity.sparsity={args.sparsity}",
-           "--set", "sparsity.distribution=uniform", "--set", "sparsity.dense_first=false",
-           "--set", "optim.name=adam", "--set", "optim.lr=0.001", "--set", f"train.epochs={args.epochs}",
-           "--set", f"seed={args.seed}"]
+def recipe(args, seed: int) -> List[str]:
+    """The ``sparsetrain train`` arguments shared by every variant (``--config``: that config's job,
+    ``--epochs`` of it)."""
+    cmd = ["train", "--quiet", "--data-dir", args.data_dir]
+    if args.config:
+        cmd += ["--config", args.config]
+    else:
+        hidden = [int(h) for h in args.hidden.split(",")]
+        cmd += ["--set", f"data.name={args.dataset}", "--set", "model.name=mlp",
+                "--set", f"model.options={json.dumps({'hidden': hidden})}",
+                "--set", "sparsity.method=rigl", "--set", f"sparsity.sparsity={args.sparsity}",
+                "--set", "sparsity.distribution=uniform", "--set", "sparsity.dense_first=false",
+                "--set", "optim.name=adam", "--set", "optim.lr=0.001"]
+    cmd += ["--set", f"train.epochs={args.epochs}", "--set", f"seed={seed}"]
     if args.steps:
         cmd += ["--set", f"train.steps={args.steps}"]
     if args.threads:
@@ -78,11 +89,12 @@ def run_child(cmd: List[str], env: Dict[str, str], log: Path) -> Dict[str, float
     return {"returncode": proc.returncode, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
-def one_run(variant: str, args, env: Dict[str, str]) -> dict:
+def one_run(variant: str, args, env: Dict[str, str], seed: int) -> dict:
     """One ``sparsetrain train`` child of ``variant`` in a fresh output folder."""
     with tempfile.TemporaryDirectory(prefix="cli_e2e_") as tmp:
-        cmd = [sys.executable, "-m", "sparsetrain"] + recipe(args) + VARIANTS[variant][1] + ["--out-dir", tmp]
-        rec = {"variant": variant, "command": cmd[1:-2], "started": utc_now(), "loadavg_before": list(os.getloadavg())}
+        cmd = [sys.executable, "-m", "sparsetrain"] + recipe(args, seed) + VARIANTS[variant][1] + ["--out-dir", tmp]
+        rec = {"variant": variant, "seed": seed, "command": cmd[1:-2], "started": utc_now(),
+               "loadavg_before": list(os.getloadavg())}
         rec.update(run_child(cmd, env, Path(tmp) / "log.txt"))
         rec["loadavg_after"] = list(os.getloadavg())
         summaries = sorted(Path(tmp).rglob("summary.json"))
@@ -91,7 +103,8 @@ def one_run(variant: str, args, env: Dict[str, str]) -> dict:
             return rec
         summary = json.loads(summaries[0].read_text())
         rec.update(test_accuracy=summary["final"]["test"]["accuracy"], steps=summary["steps"],
-                   train_wall_s=summary["wall_time_s"], compressed_layers=summary.get("compressed_layers"))
+                   train_wall_s=summary["wall_time_s"], compressed_layers=summary.get("compressed_layers"),
+                   built=summary.get("built"), achieved_sparsity=summary.get("achieved_sparsity"))
     return rec
 
 
@@ -113,9 +126,12 @@ def report(results: dict) -> str:
     m, r = results["machine"], results["recipe"]
     steps = sorted({run["steps"] for run in results["runs"] if "steps" in run})
     loads = [run[k][0] for run in results["runs"] for k in ("loadavg_before", "loadavg_after")]
-    rows += ["", f"{r['dataset']}, MLP hidden {r['hidden']}, RigL {r['sparsity']} uniform, Adam lr 0.001, "
-             f"{'/'.join(map(str, steps))} steps; torch {m['torch']}, {m['cpus']} CPUs; runs one after the other, "
-             f"1-min load average {min(loads):.1f}–{max(loads):.1f}."]
+    job = (f"{r['config']}, {r['epochs']:g} epochs" if r.get("config") else
+           f"{r['dataset']}, MLP hidden {r['hidden']}, RigL {r['sparsity']} uniform, Adam lr 0.001")
+    seeds = sorted({run["seed"] for run in results["runs"] if "seed" in run})   # files before --seeds: one seed
+    seeds_text = f", seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}" if seeds else ""
+    rows += ["", f"{job}, {'/'.join(map(str, steps))} steps{seeds_text}; torch {m['torch']}, {m['cpus']} CPUs; "
+             f"runs one after the other, 1-min load average {min(loads):.1f}–{max(loads):.1f}."]
     return "\n".join(rows)
 
 
@@ -137,6 +153,9 @@ def main(argv=None) -> None:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--steps", type=int, default=0, help="stop after this many steps (0: the whole epochs)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="", help="comma-separated seeds, each run per variant (default: --seed)")
+    ap.add_argument("--config", default="", help="a run config (e.g. configs/fashion_lenet5.toml) instead of the "
+                    "wide-MLP recipe; --epochs of it")
     ap.add_argument("--threads", type=int, default=0, help="train.threads of the children (0: the CLI's choice)")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--repeats", type=int, default=1)
@@ -151,15 +170,16 @@ def main(argv=None) -> None:
                "machine": machine(args.threads),
                "recipe": {"dataset": args.dataset, "hidden": args.hidden, "sparsity": args.sparsity,
                           "epochs": args.epochs, "steps": args.steps, "seed": args.seed,
-                          "train.threads": args.threads},
+                          "train.threads": args.threads, **({"config": args.config} if args.config else {})},
                "runs": [], "skipped": {}}
     if "sparseprop" in variants and not have_sparseprop():
         results["skipped"]["sparseprop"] = "sparseprop is not installed"
         variants.remove("sparseprop")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}
-    for i in range(args.repeats):
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [args.seed]
+    for i, seed in [(i, seed) for seed in seeds for i in range(args.repeats)]:
         for v in variants[i % len(variants):] + variants[:i % len(variants)]:
-            results["runs"].append(one_run(v, args, env))
+            results["runs"].append(one_run(v, args, env, seed))
             print(json.dumps({k: v for k, v in results["runs"][-1].items() if k != "command"}), flush=True)
             if args.out:
                 write_json(args.out, results)

@@ -30,8 +30,6 @@ UNTRACED = {
     "| wide MLP, batch 128, 2 threads | before: speed-up (amortised ΔT=100) | after | update step before → after |":
         "assembled by hand from docs/perf/refactor/sparse_backend_{before,after}.json (earlier protocol; "
         "--compare needs the fair protocol's files)",
-    "| seed | masked-dense test accuracy | sparse storage test accuracy |":
-        "Fashion-MNIST LeNet-5 runs whose summaries were not committed",
     "| target | measured | verdict |":
         "a summary quoting the convolution tables above it",
     "| sparsity | regular step: target / reached | amortised ΔT = 100: target / reached |":

@@ -92,7 +92,7 @@ def build_run_model(cfg: RunConfig, model_cfg: ModelConfig, info, device: torch.
     compresses created compressed (``build_sparse``: construction memory follows the nonzeros)."""
     from ..models import build_model, init_rule
     from ..sparsity.backend import check_sparse_backend
-    from ..sparsity.storage import build_sparse
+    from ..sparsity.storage import STORAGES, build_sparse
 
     s, m = cfg.sparsity, model_cfg
     factory = lambda: build_model(m.name, info, width=m.width, **m.options)  # noqa: E731
@@ -108,6 +108,9 @@ def build_run_model(cfg: RunConfig, model_cfg: ModelConfig, info, device: torch.
     rule, _ = init_rule(m.name, m.options)
     model = build_sparse(factory, s.sparsity, init=rule, seed=cfg.seed, device=device, policy=policy,
                          **plan_rules(cfg))
+    if not any(STORAGES.get(key).adopt(model, policy) for key in STORAGES):
+        log.info("sparse backend: the policy compresses no layer of this model, so it was built dense")
+        return model, "dense"
     return model, "sparse"
 
 
