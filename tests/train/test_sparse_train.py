@@ -35,12 +35,14 @@ def summary_of(out_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The same short RigL run on both backends, one thread each."""
+    """The same short RigL run on both backends, one thread each; "sparse" builds the model dense
+    (the same init as masked), "built" sparse from the start (sparsity.build=auto)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
     try:
-        for name, extra in (("masked", []), ("sparse", SPARSE)):
+        for name, extra in (("masked", []), ("sparse", [*SPARSE, "--set", "sparsity.build=dense"]),
+                            ("built", SPARSE)):
             d = tmp_path_factory.mktemp(name)
             from sparsetrain.cli import main
             assert main([*RUN, *extra, "--out-dir", str(d)]) == 0
@@ -54,7 +56,7 @@ def test_sparse_backend_trains_like_masked_dense(runs):
     m, s = summary_of(runs["masked"]), summary_of(runs["sparse"])
     assert "backend" not in m
     assert s["backend"] == "sparse" and sorted(s["compressed_layers"]) == sorted(s["layers"])
-    assert s["built"] == "sparse"             # sparsity.build=auto: RigL starts from random masks
+    assert s["built"] == "dense"
     # exact per-layer counts are the same rule on both backends
     assert {n: v["density"] for n, v in s["layers"].items()} == {n: v["density"] for n, v in m["layers"].items()}
     assert s["achieved_sparsity"] == pytest.approx(m["achieved_sparsity"], abs=1e-12)
@@ -65,6 +67,16 @@ def test_sparse_backend_trains_like_masked_dense(runs):
     # the two backends sum in different orders: the runs agree closely, not bitwise
     assert s["final"]["test"]["accuracy"] == pytest.approx(m["final"]["test"]["accuracy"], abs=0.03)
     assert s["final"]["test"]["accuracy"] > 0.5
+
+
+def test_built_sparse_run_has_the_plans_counts_and_trains(runs):
+    m, b = summary_of(runs["masked"]), summary_of(runs["built"])
+    assert b["built"] == "sparse"             # sparsity.build=auto: RigL starts from random masks
+    assert sorted(b["compressed_layers"]) == sorted(b["layers"])
+    assert {n: v["density"] for n, v in b["layers"].items()} == {n: v["density"] for n, v in m["layers"].items()}
+    assert b["train_flops"] == pytest.approx(m["train_flops"], rel=1e-9)
+    # other init draws than the dense build: a different run of the same recipe, not the same run
+    assert b["final"]["test"]["accuracy"] > 0.5
 
 
 def test_checkpoint_holds_compressed_weights(runs):
@@ -98,7 +110,7 @@ def test_resume_after_sigkill_is_bitwise(tmp_path, runs):
     done = subprocess.run([sys.executable, "-m", "sparsetrain", "train", "--quiet", "--resume", str(run_dir)],
                           env=ENV, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr
-    (ref_dir,) = [p for p in runs["sparse"].iterdir() if p.is_dir()]
+    (ref_dir,) = [p for p in runs["built"].iterdir() if p.is_dir()]
     a, b = load_checkpoint(ref_dir / "checkpoint.pt"), load_checkpoint(run_dir / "checkpoint.pt")
     assert a["step"] == b["step"] == STEPS
     for k in a["model"]:
