@@ -88,3 +88,17 @@ def write_json(path: str, results: dict) -> None:
 def read_json(path: str) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def profiled_steps(step, warm: int, steps: int) -> tuple:
+    """Run ``step()`` ``warm`` times, then ``steps`` times under torch.profiler: (wall ms per step,
+    {profiler key: inclusive CPU ms per step})."""
+    from torch.profiler import ProfilerActivity, profile
+    for _ in range(warm):
+        step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = 1e3 * (time.perf_counter() - t0) / steps
+    return wall, {ev.key: ev.cpu_time_total / 1e3 / steps for ev in prof.key_averages()}

@@ -21,7 +21,8 @@ Blocks (each an ordinary set of ``sparsetrain train`` runs, written to ``OUT/<bl
   at 95/98 % with 10,000 training images held out for validation (``data.val_size``):
   Static, SET, RigL, GMP and Dense over the learning rates ``--lrs`` (no warm-up), 5 seeds, seed
   by seed. The learning rate is chosen per setting on validation accuracy (benchmarks/results_report.py
-  does that).
+  does that). ``fashion_lr_small`` (RigL and Static at 98 %) and ``fashion_lr_more`` (RigL, Static
+  and SET at 95 %, SET at 98 %) are the parts of it a 2-core machine affords (``--fashion-seeds``).
 
 Jobs go to ``--jobs`` worker processes with one torch thread each, in queue order (most
 important first; within a block, long runs first). A run is complete when its summary.json is
@@ -167,6 +168,11 @@ def build_queue(blocks: Sequence[str], out: Path, data: Path, args) -> List[Job]
         # the part of fashion_lr that a 2-core machine affords: RigL and Static at 98 %
         "fashion_lr_small": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs, ("rigl", "static"),
                                                  (0.98,), seeds=args.fashion_seeds, dense=False),
+        # the rest that a 2-core machine affords: RigL, Static and SET at 95 %, SET at 98 %
+        "fashion_lr_more": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs, ("rigl", "static", "set"),
+                                                (0.95,), seeds=args.fashion_seeds, dense=False)
+        + fashion_jobs(out, data, args.fashion_scale, args.lrs, ("set",), (0.98,), seeds=args.fashion_seeds,
+                       dense=False),
         # the same with the 10-way output layer kept dense (at 98 % uniform it keeps 17 weights)
         "fashion_dense_last": lambda: fashion_jobs(out, data, args.fashion_scale, args.lrs, ("rigl", "static"),
                                                    (0.98,), seeds=args.fashion_seeds, dense=False,

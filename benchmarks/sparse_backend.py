@@ -57,7 +57,7 @@ from torch import nn
 from torch.profiler import record_function
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from perf_common import select_tables, write_json  # noqa: E402
+from perf_common import profiled_steps, select_tables, write_json  # noqa: E402
 
 MODELS = {"small": [784, 1024, 1024, 10], "wide": [1024, 4096, 4096, 4096, 10],
           "tiny": [784, 256, 256, 10]}  # tiny: warm-up only (loads kernels before the RSS baseline)
@@ -542,20 +542,12 @@ CATEGORIES = (  # (label, profiler scope whose *total* time is counted); scopes 
 
 def profile_step(model_name: str, sparsity: float, backend: str, steps: int = 10) -> List[tuple]:
     """Self CPU time per step by category for one configuration (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
     x, y = inputs(model_name)
     runner = build(model_name, sparsity, backend, "sgd", x, y, delta_t=10 ** 5, set_to_none=False)
-    for _ in range(3):
-        runner.step()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            runner.step()
-        wall = (time.perf_counter() - t0) / steps
-    by_key = {ev.key: ev.cpu_time_total / 1e3 / steps for ev in prof.key_averages()}
+    wall, by_key = profiled_steps(runner.step, 3, steps)
     rows = [(label, by_key.get(key, 0.0)) for label, key in CATEGORIES]
-    rows.append(("everything else (activations, loss, autograd, Python)", 1e3 * wall - sum(ms for _, ms in rows)))
-    return [("wall time per step (profiled)", 1e3 * wall)] + sorted(rows, key=lambda kv: -kv[1])
+    rows.append(("everything else (activations, loss, autograd, Python)", wall - sum(ms for _, ms in rows)))
+    return [("wall time per step (profiled)", wall)] + sorted(rows, key=lambda kv: -kv[1])
 
 
 UPDATE_CATEGORIES = (  # regions of CSRStore.update (grow_scores is inside grow)
@@ -751,21 +743,22 @@ def _reconcile_md(r: dict) -> str:
 
 
 def compare_md(before: dict, after: dict) -> str:
-    """Before/after table of two results files of the same protocol (same groups)."""
+    """Before/after table of two results files (same groups); files of the earlier protocol (no
+    per-round ``chosen`` setting) have no paired per-round ratios ("–")."""
     rows = ["| model @ sparsity | dense step ms before → after | sparse step ms before → after | speed-up before → after "
             "(ratio of medians) | amortised ΔT=100 before → after | paired per round before → after | "
             "sparse update step ms before → after |", "|---|---|---|---|---|---|---|"]
     for key, a in after["timing"].items():
         b = before["timing"].get(key)
-        if b is None or "chosen" not in b or "chosen" not in a:
+        if b is None:
             continue
         sp = lambda t, f="step_ms": t["dense"][f] / t["sparse"][f]  # noqa: E731
-        pb, pa = paired_ratios(b, "sparse"), paired_ratios(a, "sparse")
+        paired = lambda t: f"{paired_ratios(t, 'sparse')['median']:.2f}×" if "chosen" in t else "–"  # noqa: E731
         upd = lambda t: f"{t['sparse']['update_step_ms']:.0f}" if t["sparse"]["update_step_ms"] else "–"  # noqa: E731
         rows.append(f"| {key} | {b['dense']['step_ms']:.1f} → {a['dense']['step_ms']:.1f} | "
                     f"{b['sparse']['step_ms']:.1f} → {a['sparse']['step_ms']:.1f} | {sp(b):.2f}× → **{sp(a):.2f}×** | "
                     f"{sp(b, 'amortised_ms'):.2f}× → **{sp(a, 'amortised_ms'):.2f}×** | "
-                    f"{pb['median']:.2f}× → {pa['median']:.2f}× | {upd(b)} → {upd(a)} |")
+                    f"{paired(b)} → {paired(a)} | {upd(b)} → {upd(a)} |")
     return "\n".join(rows) + "\n"
 
 

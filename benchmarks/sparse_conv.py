@@ -22,6 +22,11 @@ Protocol
   masks, no engine), and "sparse-native": the automatic policy with ``conv_kernel="native"``
   (every conv the policy's density and size rules admit, on unfold + the native kernels).
   Regular training steps (ΔT = 100: no update during timing) and inference.
+* Profile (``profile``): torch.profiler over 3 regular WRN-22-2 training steps (batch 128, ERK),
+  dense and the sparse storage at 95 / 99 %, inclusive CPU time of the sparse conv regions, dense
+  convolutions, batch norm, ReLU and the optimizer step; the rest of the wall time is "everything
+  else". ``--parts profile --merge`` adds it to an existing results file (``--merge`` keeps the
+  other parts and rows).
 * Memory (``memory``): each configuration in a fresh subprocess; construction peak = VmHWM after
   building model + optimizer + engine minus VmRSS before; training peak after 3 steps (one a
   topology update) likewise; persistent bytes from the live tensors (weights, indices, optimizer).
@@ -35,13 +40,13 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from perf_common import read_json, select_tables  # noqa: E402
+from perf_common import profiled_steps, read_json, select_tables  # noqa: E402
 from sparse_backend import Runner, _dense_step, _engine_step, _reset_peak, _status_kb  # noqa: E402
 
 from sparsetrain.data.base import DataInfo  # noqa: E402
@@ -205,6 +210,43 @@ def model_table(jobs, rounds: int) -> dict:
     return out
 
 
+# --- profile ---------------------------------------------------------------------------------------
+#: (label, profiler keys whose inclusive CPU time it sums); the keys never nest inside each other
+PROFILE_CATEGORIES = (
+    ("compressed convs: sparse kernels and their layout copies", ("sparse_conv2d.forward", "sparse_conv2d.grad_input",
+                                                                  "sparse_conv2d.grad_weight",
+                                                                  "sparse_conv2d.sparseprop_backward")),
+    ("dense convs: forward", ("aten::convolution",)),
+    ("dense convs: backward", ("aten::convolution_backward",)),
+    ("batch norm: forward + backward", ("aten::batch_norm", "aten::native_batch_norm_backward")),
+    ("ReLU: forward + backward", ("aten::relu_", "aten::relu", "aten::threshold_backward")),
+    ("optimizer step", ("Optimizer.step#SGD.step",)),
+)
+
+
+def profile_model(name: str, batch: int, sparsity: float, config: str, dist: str = "erk", steps: int = 3) -> dict:
+    """Milliseconds per regular training step by category (torch.profiler, inclusive CPU time of
+    the keys of PROFILE_CATEGORIES; "everything else" is the wall time left: the rest of autograd,
+    the engine's hooks, adds, pooling, the loss, Python)."""
+    x, y = _inputs(name, batch)
+    runner = model_runner(name, sparsity, config, x, y, dist=dist)
+    wall, by_key = profiled_steps(runner.step, 2, steps)
+    rows = {label: sum(by_key.get(k, 0.0) for k in keys) for label, keys in PROFILE_CATEGORIES}
+    rows["everything else"] = wall - sum(rows.values())
+    convs = [m for m in runner.model.modules() if isinstance(m, (nn.Conv2d, SparseConv2d))]
+    return {"wall_ms": wall, "categories": rows, "convs": len(convs),
+            "compressed_convs": sum(isinstance(m, SparseConv2d) for m in convs)}
+
+
+def profile_table(jobs) -> dict:
+    out = {}
+    for name, batch, sparsity, config, dist in jobs:
+        key = f"{name} batch {batch} {dist} @{sparsity} {config}"
+        out[key] = profile_model(name, batch, sparsity, config, dist)
+        print(key, json.dumps(out[key]), flush=True)
+    return out
+
+
 # --- memory ----------------------------------------------------------------------------------------
 def persistent_bytes(runner: Runner) -> int:
     """Weights, index buffers and optimizer state of the live model (each storage once)."""
@@ -262,7 +304,8 @@ def memory_table(jobs) -> dict:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="docs/perf/sparse_conv.json")
-    p.add_argument("--parts", default="layers,models,memory")
+    p.add_argument("--parts", default="layers,models,memory,profile")
+    p.add_argument("--merge", action="store_true", help="keep the other parts and rows of an existing --out file")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--models", default="lenet5,wrn-22-2,resnet18,resnet50", help="models of the models part")
     p.add_argument("--child")
@@ -290,6 +333,14 @@ def main(argv=None) -> None:
         res["models"] = model_table([j for j in jobs if j[0] in a.models.split(",")], a.rounds)
     if "memory" in parts:
         res["memory"] = memory_table([("wrn-22-2", 128, 0.95), ("wrn-22-2", 128, 0.99), ("resnet50", 1, 0.95)])
+    if "profile" in parts:
+        res["profile"] = profile_table([("wrn-22-2", 128, 0.95, "dense", "erk"), ("wrn-22-2", 128, 0.95, "sparse", "erk"),
+                                        ("wrn-22-2", 128, 0.99, "sparse", "erk")])
+    if a.merge and os.path.exists(a.out):   # this run's rows replace theirs in an existing results file
+        with open(a.out) as f:
+            old = json.load(f)
+        res = {**old, **{k: {**old.get(k, {}), **v} for k, v in res.items() if k in parts},
+               f"{'+'.join(parts)} started": res["started"]}
     with open(a.out, "w") as f:
         json.dump(res, f, indent=1)
 
@@ -298,7 +349,7 @@ def main(argv=None) -> None:
 # --- markdown ---------------------------------------------------------------------------------------
 def report(res: dict) -> str:
     """The tables of docs/performance.md (per layer, models, memory) from a results JSON."""
-    tables = {"layers": layers_md, "models": models_md, "memory": memory_md}
+    tables = {"layers": layers_md, "models": models_md, "memory": memory_md, "profile": profile_md}
     return "\n\n".join(fn(res[k]) for k, fn in tables.items() if k in res)
 
 
@@ -341,5 +392,21 @@ def memory_md(res: dict) -> str:
     return "\n".join(rows)
 
 
+def profile_md(res: dict) -> str:
+    keys = list(res)
+    rows = ["| where the time goes (ms per training step) | " + " | ".join(keys) + " |",
+            "|---|" + "---:|" * len(keys)]
+    labels = [label for label, _ in PROFILE_CATEGORIES] + ["everything else"]
+    for label in labels:
+        rows.append(f"| {label} | " + " | ".join(
+            f"{res[k]['categories'][label]:.0f} ({100 * res[k]['categories'][label] / res[k]['wall_ms']:.0f} %)"
+            for k in keys) + " |")
+    rows.append("| **wall time per step** | " + " | ".join(f"**{res[k]['wall_ms']:.0f}**" for k in keys) + " |")
+    rows.append("| convs compressed | " + " | ".join(f"{res[k]['compressed_convs']} of {res[k]['convs']}"
+                                                   for k in keys) + " |")
+    return "\n".join(rows)
+
+
 if __name__ == "__main__":
     main()
+

@@ -27,9 +27,6 @@ PENDING: set = set()
 
 # Tables that no script prints (their first line -> why). A new table needs a marker or a line here.
 UNTRACED = {
-    "| wide MLP, batch 128, 2 threads | before: speed-up (amortised ΔT=100) | after | update step before → after |":
-        "assembled by hand from docs/perf/refactor/sparse_backend_{before,after}.json (earlier protocol; "
-        "--compare needs the fair protocol's files)",
     "| target | measured | verdict |":
         "a summary quoting the convolution tables above it",
     "| sparsity | regular step: target / reached | amortised ΔT = 100: target / reached |":

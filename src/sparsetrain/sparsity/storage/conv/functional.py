@@ -96,11 +96,10 @@ def _sp_forward(x, values, idx, geo: Geometry, channels: int) -> Tuple[torch.Ten
         out = x.new_zeros(channels, oh, ow, n + pad)
         _sp_call_forward(geo, xp, idx, v, out)
         return out.permute(3, 0, 1, 2)[:n].contiguous(), xt
-    # (N, C, H, W) with the kernel's C × H × W × N memory order: the output is its own base tensor
-    # (not a view), so in-place layers after it (ReLU(inplace=True)) are allowed
-    y = torch.empty_strided((n, channels, oh, ow), (1, oh * ow * n, ow * n, n), dtype=x.dtype, device=x.device)
-    _sp_call_forward(geo, xt, idx, v, y.zero_().permute(1, 2, 3, 0))
-    return y, xt
+    # the kernel writes C × H × W × N; the layers after it get a contiguous (N, C, H, W) copy
+    out = x.new_zeros(channels, oh, ow, n)
+    _sp_call_forward(geo, xt, idx, v, out)
+    return out.permute(3, 0, 1, 2).contiguous(), xt
 
 
 def _sp_call_forward(geo: Geometry, xt, idx, v, out) -> None:
@@ -115,7 +114,7 @@ def _sp_backward(xt, values, grad, idx, geo: Geometry):
     fn = "sparse_conv2d_vectorized_backward_stride_%d" % geo.stride[0]
     getattr(sparseprop_backend(), fn)(xt, *idx, values.detach(), gt, grad_xt, grad_v, geo.kernel_size[0],
                                       geo.padding[0])
-    return grad_xt.permute(3, 0, 1, 2), grad_v
+    return grad_xt.permute(3, 0, 1, 2).contiguous(), grad_v
 
 
 class Plan(NamedTuple):
@@ -161,9 +160,10 @@ def _mkl_backward(ctx, x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor
 
 class SparseConv2dFunction(torch.autograd.Function):
     """Autograd function of :func:`sparse_conv2d`. The sparseprop path keeps the input in the
-    C × H × W × N layout its backward kernel reads (one copy per step fewer) and returns its output
-    in that memory order (an (N, C, H, W) tensor with permuted strides), as sparseprop's own module
-    does."""
+    C × H × W × N layout its backward kernel reads (one copy per step fewer), but returns its
+    output and input gradient as contiguous (N, C, H, W) tensors: batch norm and ReLU on the
+    kernel's permuted memory order ran 1.5–4.7× slower than on contiguous tensors (WRN-22-2,
+    docs/performance.md), far more than the copy costs."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], plan: Plan,
