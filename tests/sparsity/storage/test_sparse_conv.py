@@ -47,12 +47,37 @@ def test_mkl_conv_matches_dense_float64(geometry):
 
 
 @pytest.mark.skipif(not HAS_SPARSEPROP, reason="sparseprop not installed")
+@pytest.mark.parametrize("kernel", ["auto", "sparseprop"])
 @pytest.mark.parametrize("batch", [1, 5, 16])
 @pytest.mark.parametrize("geometry", GEOMETRIES[:2], ids=str)
-def test_sparseprop_conv_matches_dense_float32(geometry, batch):
-    layer = check_against_dense("auto", torch.float32, geometry, batch, tol=1e-4)
+def test_sparseprop_conv_matches_dense_float32(geometry, batch, kernel):
+    layer = check_against_dense(kernel, torch.float32, geometry, batch, tol=1e-4)
     assert layer.uses_sparseprop()
-    assert layer.index_bytes() == 4 * (6 + layer.nnz) + 2 * 5 * 4 + 2 * layer.nnz   # CSR + sparseprop's
+    if layer.plan().route(torch.zeros(batch, 3, 9, 8)) is not None:  # else the unfold path also cached Wᵀ's structure
+        assert layer.index_bytes() == 4 * (6 + layer.nnz) + 2 * 5 * 4 + 2 * layer.nnz   # CSR + sparseprop's
+
+
+@pytest.mark.skipif(not HAS_SPARSEPROP, reason="sparseprop not installed")
+def test_auto_kernel_sends_batches_sparseprop_handles_badly_to_the_unfold_path():
+    # sparseprop's batch kernels want a multiple of 8 examples; under "auto" another batch takes its
+    # column kernel (stride 1, more than 14 output columns) or is padded (at most a quarter of zero
+    # examples), else it runs on unfold + native/MKL, as 1x1 kernels always do
+    def routes(layer, side, batches=(1, 7, 8, 12, 15, 16, 30)):
+        return [layer.plan().route(torch.zeros(n, 4, side, side)) for n in batches]
+    s1, s2 = SparseConv2d.random(4, 4, 3, 0.5, padding=1), SparseConv2d.random(4, 4, 3, 0.5, stride=2, padding=1)
+    assert routes(s2, 32) == [None, "padded", "batch", None, "padded", "batch", "padded"]  # pads 7,1,0,4,1,0,2
+    assert routes(s1, 15) == ["columns", "columns", "batch", "columns", "columns", "batch", "columns"]
+    assert routes(s1, 14) == [None, "padded", "batch", None, "padded", "batch", "padded"]
+    pointwise = SparseConv2d.random(4, 4, 1, 0.5)
+    assert routes(pointwise, 32) == [None] * 7
+    pointwise.kernel = "sparseprop"
+    assert routes(pointwise, 32)[:3] == ["columns", "columns", "batch"]
+    s2.kernel = "sparseprop"                                       # asked for by name: every batch
+    assert routes(s2, 32)[:2] == ["padded", "padded"]
+    s1.kernel = "sparseprop"
+    assert routes(s1, 7)[:2] == ["columns", "columns"]
+    s2.kernel = "auto"
+    assert s2.plan().unfold() == ("native" if native.available() else "mkl")
 
 
 @pytest.mark.skipif(not native.available(), reason="the native kernels were not built")

@@ -17,6 +17,14 @@ Kernel "sparseprop" runs the three products on the AVX2 direct-convolution kerne
 sparseprop package (Nikdan et al., ICML 2023), which read the same values in the same (row-major)
 order through their own index format (:func:`sparseprop_indices`); they cover float32, square
 kernels, stride 1 or 2, no dilation, one group, symmetric padding (:func:`sparseprop_supports`).
+Their main kernels are vectorised over the batch and need a multiple of 8 examples; another batch
+runs on the stride-1 kernel vectorised over output columns, or is padded with zero examples
+(:func:`sparseprop_route`). Under kernel "auto" a call runs on the unfold path instead where
+sparseprop loses by measurement: 1x1 kernels (where unfolding is a reshape: unfold + native was
+1.3-4x faster on most of ResNet-50's and WRN-22-2's 1x1 shapes, forward and training), the column
+kernel on maps of 14 columns or fewer (1.5-9x slower than unfold at batch 1-12 on ResNet-50's 7x7
+layers) and padding that adds more than a quarter of zero examples (1.5-25x slower at batch 1 on
+its stride-2 layers).
 
 ``sink``, if a list, receives (x, ∂L/∂y) at each backward pass: the factors of the dense weight
 gradient, formed block by block of output channels by the layer (``SparseConv2d.grad_rows``).
@@ -64,6 +72,22 @@ def sparseprop_supports(geo: Geometry, dtype: torch.dtype) -> bool:
             and p[0] == p[1] and geo.dilation == (1, 1) and sparseprop_backend() is not None)
 
 
+def sparseprop_route(n: int, geo: Geometry, out_width: int, strict: bool) -> Optional[str]:
+    """How a batch of ``n`` examples runs on sparseprop's kernels: "batch" (a multiple of 8),
+    "columns" (the stride-1 kernel vectorised over output columns), "padded" (zero examples up to a
+    multiple of 8), or None (the unfold path). ``strict`` (kernel "auto"): None for 1x1 kernels,
+    where the column kernel would see 14 output columns or fewer, or where padding would add more
+    than a quarter of zero examples."""
+    if strict and geo.kernel_size == (1, 1):
+        return None
+    pad = -n % 8
+    if pad == 0:
+        return "batch"
+    if geo.stride[0] == 1 and (not strict or out_width > 14):
+        return "columns"
+    return "padded" if not strict or 4 * pad <= n else None
+
+
 def sparseprop_indices(flat: torch.Tensor, weight_shape: tuple, crow: torch.Tensor):
     """sparseprop's conv index format for sorted flat positions ``flat`` of a (O, C, K, K) weight:
     row pointer per output channel, per-(o, c) offsets inside the row (int16), kernel row and
@@ -76,25 +100,22 @@ def sparseprop_indices(flat: torch.Tensor, weight_shape: tuple, crow: torch.Tens
     return crow, offsets.reshape(-1).to(torch.int16), kx.to(torch.uint8), ky.to(torch.uint8)
 
 
-def _sp_forward(x, values, idx, geo: Geometry, channels: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """sparseprop's forward: (y, the input as the backward kernel reads it: C × H × W × N).
-
-    Its batch-vectorised kernel needs N % 8 == 0 (other batches get wrong tails): other batches
-    use the kernel vectorised over output columns (stride 1) or are padded with zero examples."""
+def _sp_forward(x, values, idx, geo: Geometry, channels: int, route: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """sparseprop's forward along ``route`` (:func:`sparseprop_route`): (y, the input as the
+    backward kernel reads it: C × H × W × N; that kernel takes any batch)."""
     n, _, h, w = x.shape
     oh, ow = geo.out_size(h, w)
     k, p, v = geo.kernel_size[0], geo.padding[0], values.detach()
     xt = x.detach().permute(1, 2, 3, 0).contiguous()
-    if n % 8 and geo.stride[0] == 1:
+    if route == "columns":
         out = x.new_zeros(n, channels, oh, ow)
         sparseprop_backend().sparse_conv2d_vectorized_forward_over_on_stride_1(x.detach().contiguous(), *idx, v,
                                                                                out, k, p)
         return out, xt
-    pad = -n % 8
-    if pad:
-        xp = F.pad(xt, (0, pad))
+    if route == "padded":
+        pad = -n % 8
         out = x.new_zeros(channels, oh, ow, n + pad)
-        _sp_call_forward(geo, xp, idx, v, out)
+        _sp_call_forward(geo, F.pad(xt, (0, pad)), idx, v, out)
         return out.permute(3, 0, 1, 2)[:n].contiguous(), xt
     # the kernel writes C × H × W × N; the layers after it get a contiguous (N, C, H, W) copy
     out = x.new_zeros(channels, oh, ow, n)
@@ -118,11 +139,24 @@ def _sp_backward(xt, values, grad, idx, geo: Geometry):
 
 
 class Plan(NamedTuple):
-    """A layer's pattern (CSR, Wᵀ on demand, kernel), its geometry and sparseprop's indices (or None)."""
+    """A layer's pattern (CSR, Wᵀ on demand, kernel), its geometry, sparseprop's indices (or None)
+    and the kernel of the unfold path ("native" or "mkl") for batches sparseprop does not take."""
 
     pattern: Pattern
     geometry: Geometry
     sp_indices: Optional[tuple] = None
+    unfold_kernel: Optional[str] = None  # None: sparseprop for every batch (kernel asked for by name)
+
+    def unfold(self) -> str:
+        """The product kernel of the unfold path."""
+        return self.unfold_kernel or "mkl" if self.pattern.kernel == "sparseprop" else self.pattern.kernel
+
+    def route(self, x: torch.Tensor) -> Optional[str]:
+        """sparseprop's route for the batch ``x`` (:func:`sparseprop_route`), None for the unfold path."""
+        if self.pattern.kernel != "sparseprop":
+            return None
+        out_width = self.geometry.out_size(*x.shape[2:])[1]
+        return sparseprop_route(x.shape[0], self.geometry, out_width, strict=self.unfold_kernel is not None)
 
 
 def _mkl_forward(x: torch.Tensor, values: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -130,7 +164,7 @@ def _mkl_forward(x: torch.Tensor, values: torch.Tensor, plan: Plan) -> torch.Ten
     n, _, h, w = x.shape
     oh, ow = plan.geometry.out_size(h, w)
     cols, p = columns(x, plan.geometry), plan.pattern
-    if p.kernel == "native":
+    if plan.unfold() == "native":
         y = native.spmm(p.crow, p.col, values.detach(), cols.contiguous())  # out × N·L
     else:
         y = torch.sparse.mm(p.matrix(values), cols)
@@ -139,10 +173,11 @@ def _mkl_forward(x: torch.Tensor, values: torch.Tensor, plan: Plan) -> torch.Ten
 
 def _mkl_backward(ctx, x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor, plan: Plan):
     geo, p, grad_x, grad_v = plan.geometry, plan.pattern, None, None
+    native_kernel = plan.unfold() == "native"
     g = channels_first(grad)
     if ctx.needs_input_grad[0]:
         with record_function("sparse_conv2d.grad_input"):
-            if p.kernel == "native":
+            if native_kernel:
                 t = p.transposed(p.crow, p.col)  # Wᵀ's structure, read through W's values
                 dcols = native.spmm(t.crow, t.row, values.detach(), g.contiguous(), perm=t.perm)
             else:
@@ -151,7 +186,7 @@ def _mkl_backward(ctx, x: torch.Tensor, values: torch.Tensor, grad: torch.Tensor
             grad_x = F.fold(dcols, x.shape[2:], geo.kernel_size, geo.dilation, geo.padding, geo.stride)
     if ctx.needs_input_grad[1]:
         with record_function("sparse_conv2d.grad_weight"):
-            if p.kernel == "native":
+            if native_kernel:
                 grad_v = native.sddmm(p.crow, p.col, g.contiguous(), columns(x, geo).contiguous())
             else:
                 grad_v = torch.sparse.sampled_addmm(p.matrix(values), g, columns(x, geo).T, beta=0.0).values()
@@ -168,22 +203,23 @@ class SparseConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], plan: Plan,
                 sink: Optional[List]) -> torch.Tensor:
+        route = plan.route(x)
+        sp = route is not None
         with record_function("sparse_conv2d.forward"):
-            if plan.pattern.kernel == "sparseprop":
-                y, saved = _sp_forward(x, values, plan.sp_indices, plan.geometry, plan.pattern.shape[0])
+            if sp:
+                y, saved = _sp_forward(x, values, plan.sp_indices, plan.geometry, plan.pattern.shape[0], route)
             else:
                 y, saved = _mkl_forward(x, values, plan).contiguous(), x
             if bias is not None:
                 y.add_(bias.view(1, -1, 1, 1))  # y is a fresh tensor
         ctx.save_for_backward(saved, values)
-        ctx.plan, ctx.sink, ctx.has_bias = plan, sink, bias is not None
+        ctx.plan, ctx.sink, ctx.has_bias, ctx.sp = plan, sink, bias is not None, sp
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         saved, values = ctx.saved_tensors
-        plan = ctx.plan
-        sp = plan.pattern.kernel == "sparseprop"
+        plan, sp = ctx.plan, ctx.sp
         x = saved.permute(3, 0, 1, 2) if sp else saved
         grad_x = grad_v = grad_b = None
         if sp and any(ctx.needs_input_grad[:2]):

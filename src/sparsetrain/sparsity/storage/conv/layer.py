@@ -42,9 +42,10 @@ class SparseConv2d(CSRWeight):
     Build it with :meth:`from_dense` (a masked ``nn.Conv2d``), :meth:`random` (never a dense
     weight) or directly from sorted flat positions of the (out, in, kh, kw) weight. Forward and both
     gradients cost O(nnz · N·L); see :mod:`.functional`. ``kernel``: "auto" (sparseprop's kernels
-    where :func:`sparseprop_supports` the geometry and dtype, else unfold + the native C kernels
-    where built, else unfold + MKL), "sparseprop" (the same), "native" or "mkl" (unfold + that
-    kernel).
+    where :func:`sparseprop_supports` the geometry and dtype and the batch suits them
+    (:func:`.functional.sparseprop_route`), else unfold + the native C kernels where built, else
+    unfold + MKL), "sparseprop" (sparseprop's kernels for every batch), "native" or "mkl" (unfold +
+    that kernel).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, flat: torch.Tensor,
@@ -103,7 +104,10 @@ class SparseConv2d(CSRWeight):
     def plan(self) -> Plan:
         kernel = "sparseprop" if self.uses_sparseprop() else self._unfold_kernel()
         pattern = Pattern(self.shape, self.crow_indices, self.col_indices, self.transposed, kernel)
-        return Plan(pattern, self.geometry, self._sparseprop_indices() if kernel == "sparseprop" else None)
+        if kernel != "sparseprop":
+            return Plan(pattern, self.geometry, None, kernel)
+        fallback = self._unfold_kernel() if self.kernel == "auto" else None  # "sparseprop": every batch
+        return Plan(pattern, self.geometry, self._sparseprop_indices(), fallback)
 
     def _unfold_kernel(self) -> str:
         """The products of the unfold path: "native" when asked for (or under "auto" where built,
