@@ -2,7 +2,7 @@
 
 Regenerate the conv tables of docs/performance.md:
 
-    python benchmarks/sparse_conv.py --out docs/perf/sparse_conv.json [--quick]
+    python benchmarks/sparse_conv.py --out docs/perf/sparse_conv.json
 
 Protocol
 --------
@@ -21,7 +21,9 @@ Protocol
   model with every conv the policy compresses replaced by sparseprop's own SparseConv2d (static
   masks, no engine), and "sparse-native": the automatic policy with ``conv_kernel="native"``
   (every conv the policy's density and size rules admit, on unfold + the native kernels).
-  Regular training steps (ΔT = 100: no update during timing) and inference.
+  Regular training steps (ΔT = 100: no update during timing) and inference (eval mode, no
+  gradients). ``--models`` and ``--phases`` pick jobs; with ``--merge`` their rows are added to
+  (or replace those of) an existing results file.
 * Profile (``profile``): torch.profiler over 3 regular WRN-22-2 training steps (batch 128, ERK),
   dense and the sparse storage at 95 / 99 %, inclusive CPU time of the sparse conv regions, dense
   convolutions, batch norm, ReLU and the optimizer step; the rest of the wall time is "everything
@@ -307,7 +309,8 @@ def main(argv=None) -> None:
     p.add_argument("--parts", default="layers,models,memory,profile")
     p.add_argument("--merge", action="store_true", help="keep the other parts and rows of an existing --out file")
     p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--models", default="lenet5,wrn-22-2,resnet18,resnet50", help="models of the models part")
+    p.add_argument("--models", default="lenet5,wrn-22-2,resnet18,resnet50", help="models of the models and memory parts")
+    p.add_argument("--phases", default="train,infer", help="phases of the models part")
     p.add_argument("--child")
     p.add_argument("--report", "--markdown", dest="report", metavar="JSON",
                    help="print the tables of a result JSON and exit")
@@ -329,10 +332,15 @@ def main(argv=None) -> None:
                [("resnet50", 1, s, "infer", d) for d in ("erk", "uniform") for s in (0.95, 0.99)] + \
                [("resnet50", 32, 0.95, "infer", "erk")] + \
                [("resnet18", 128, s, "train", "erk") for s in (0.9, 0.95, 0.99)] + \
-               [("lenet5", 128, 0.95, "train", "erk")]
-        res["models"] = model_table([j for j in jobs if j[0] in a.models.split(",")], a.rounds)
+               [("lenet5", 128, 0.95, "train", "erk")] + \
+               [(m, 128, s, "infer", "erk") for m in ("wrn-22-2", "resnet18") for s in (0.95, 0.99)] + \
+               [("lenet5", 128, 0.95, "infer", "erk")]
+        res["models"] = model_table([j for j in jobs if j[0] in a.models.split(",") and j[3] in a.phases.split(",")],
+                                    a.rounds)
     if "memory" in parts:
-        res["memory"] = memory_table([("wrn-22-2", 128, 0.95), ("wrn-22-2", 128, 0.99), ("resnet50", 1, 0.95)])
+        mem = [("wrn-22-2", 128, 0.95), ("wrn-22-2", 128, 0.99), ("resnet50", 1, 0.95), ("resnet18", 128, 0.95),
+               ("lenet5", 128, 0.95)]
+        res["memory"] = memory_table([j for j in mem if j[0] in a.models.split(",")])
     if "profile" in parts:
         res["profile"] = profile_table([("wrn-22-2", 128, 0.95, "dense", "erk"), ("wrn-22-2", 128, 0.95, "sparse", "erk"),
                                         ("wrn-22-2", 128, 0.99, "sparse", "erk")])

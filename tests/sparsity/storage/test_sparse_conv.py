@@ -10,7 +10,7 @@ from sparsetrain.sparsity.backend import SparseEngine
 from sparsetrain.sparsity.engine import SparsityEngine
 from sparsetrain.sparsity.storage import BackendPolicy
 from sparsetrain.sparsity.storage.conv import SparseConv2d
-from sparsetrain.sparsity.storage.conv.functional import sparseprop_supports
+from sparsetrain.sparsity.storage.conv.functional import from_chwn, sparseprop_supports, to_chwn
 from sparsetrain.sparsity.storage.csr import native
 from sparsetrain.sparsity.storage.csr import export_sparse, load_sparse
 
@@ -61,7 +61,7 @@ def test_sparseprop_conv_matches_dense_float32(geometry, batch, kernel):
 def test_auto_kernel_sends_batches_sparseprop_handles_badly_to_the_unfold_path():
     # sparseprop's batch kernels want a multiple of 8 examples; under "auto" another batch takes its
     # column kernel (stride 1, more than 14 output columns) or is padded (at most a quarter of zero
-    # examples), else it runs on unfold + native/MKL, as 1x1 kernels always do
+    # examples), else it runs on unfold + native/MKL, as 1x1 kernels on small maps always do
     def routes(layer, side, batches=(1, 7, 8, 12, 15, 16, 30)):
         return [layer.plan().route(torch.zeros(n, 4, side, side)) for n in batches]
     s1, s2 = SparseConv2d.random(4, 4, 3, 0.5, padding=1), SparseConv2d.random(4, 4, 3, 0.5, stride=2, padding=1)
@@ -69,9 +69,10 @@ def test_auto_kernel_sends_batches_sparseprop_handles_badly_to_the_unfold_path()
     assert routes(s1, 15) == ["columns", "columns", "batch", "columns", "columns", "batch", "columns"]
     assert routes(s1, 14) == [None, "padded", "batch", None, "padded", "batch", "padded"]
     pointwise = SparseConv2d.random(4, 4, 1, 0.5)
-    assert routes(pointwise, 32) == [None] * 7
+    assert routes(pointwise, 14) == [None] * 7
+    assert routes(pointwise, 15)[:3] == ["columns", "columns", "batch"]
     pointwise.kernel = "sparseprop"
-    assert routes(pointwise, 32)[:3] == ["columns", "columns", "batch"]
+    assert routes(pointwise, 14)[:3] == ["columns", "columns", "batch"]
     s2.kernel = "sparseprop"                                       # asked for by name: every batch
     assert routes(s2, 32)[:2] == ["padded", "padded"]
     s1.kernel = "sparseprop"
@@ -276,3 +277,12 @@ def test_in_place_layers_may_follow_a_sparse_conv(batch):
     x = torch.randn(batch, 4, 6, 6, requires_grad=True)
     nn.Sequential(layer, nn.ReLU(inplace=True))(x).sum().backward()
     assert x.grad is not None and layer.values.grad is not None
+
+
+def test_layout_copies_match_the_permutes_and_never_alias():
+    x = torch.randn(5, 3, 4, 6)
+    xt = to_chwn(x)
+    assert torch.equal(xt, x.permute(1, 2, 3, 0)) and xt.is_contiguous()
+    assert torch.equal(from_chwn(xt), x) and torch.equal(from_chwn(xt, 2), x[:2])
+    one = torch.randn(1, 3, 4, 6)                       # a batch of one: the transpose is a no-op view
+    assert to_chwn(one).data_ptr() != one.data_ptr() and from_chwn(to_chwn(one)).data_ptr() != one.data_ptr()

@@ -20,11 +20,12 @@ kernels, stride 1 or 2, no dilation, one group, symmetric padding (:func:`sparse
 Their main kernels are vectorised over the batch and need a multiple of 8 examples; another batch
 runs on the stride-1 kernel vectorised over output columns, or is padded with zero examples
 (:func:`sparseprop_route`). Under kernel "auto" a call runs on the unfold path instead where
-sparseprop loses by measurement: 1x1 kernels (where unfolding is a reshape: unfold + native was
-1.3-4x faster on most of ResNet-50's and WRN-22-2's 1x1 shapes, forward and training), the column
-kernel on maps of 14 columns or fewer (1.5-9x slower than unfold at batch 1-12 on ResNet-50's 7x7
-layers) and padding that adds more than a quarter of zero examples (1.5-25x slower at batch 1 on
-its stride-2 layers).
+sparseprop loses by measurement: 1x1 kernels on output maps of 14 columns or fewer (where
+unfolding is a reshape: unfold + native ran 1.0-1.3x faster in training at batch 16 and 1.8-3.7x
+at batch-1 inference on 256-512 channels, 14x14 and 8x8 maps; on larger maps sparseprop was
+faster), the column kernel on maps of 14 columns or fewer (1.5-9x slower than unfold at batch 1-12
+on ResNet-50's 7x7 layers) and padding that adds more than a quarter of zero examples (1.5-25x
+slower at batch 1 on its stride-2 layers).
 
 ``sink``, if a list, receives (x, ∂L/∂y) at each backward pass: the factors of the dense weight
 gradient, formed block by block of output channels by the layer (``SparseConv2d.grad_rows``).
@@ -75,10 +76,10 @@ def sparseprop_supports(geo: Geometry, dtype: torch.dtype) -> bool:
 def sparseprop_route(n: int, geo: Geometry, out_width: int, strict: bool) -> Optional[str]:
     """How a batch of ``n`` examples runs on sparseprop's kernels: "batch" (a multiple of 8),
     "columns" (the stride-1 kernel vectorised over output columns), "padded" (zero examples up to a
-    multiple of 8), or None (the unfold path). ``strict`` (kernel "auto"): None for 1x1 kernels,
-    where the column kernel would see 14 output columns or fewer, or where padding would add more
-    than a quarter of zero examples."""
-    if strict and geo.kernel_size == (1, 1):
+    multiple of 8), or None (the unfold path). ``strict`` (kernel "auto"): None for 1x1 kernels on
+    14 output columns or fewer, where the column kernel would see 14 output columns or fewer, or
+    where padding would add more than a quarter of zero examples."""
+    if strict and geo.kernel_size == (1, 1) and out_width <= 14:
         return None
     pad = -n % 8
     if pad == 0:
@@ -100,13 +101,32 @@ def sparseprop_indices(flat: torch.Tensor, weight_shape: tuple, crow: torch.Tens
     return crow, offsets.reshape(-1).to(torch.int16), kx.to(torch.uint8), ky.to(torch.uint8)
 
 
+def to_chwn(t: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) → a new contiguous (C, H, W, N) tensor, copied as the 2-D transpose of the
+    (N × C·H·W) view: torch does that up to 2x faster than the equivalent 4-D permute (WRN-22-2's
+    shapes)."""
+    n = t.shape[0]
+    out = t.new_empty(*t.shape[1:], n)
+    out.view(-1, n).copy_(t.reshape(n, -1).t())
+    return out
+
+
+def from_chwn(t: torch.Tensor, n: Optional[int] = None) -> torch.Tensor:
+    """(C, H, W, N') → a new contiguous (n, C, H, W) tensor of its first n examples (all by default)."""
+    m = t.reshape(-1, t.shape[-1])
+    m = m if n is None else m[:, :n]
+    out = t.new_empty(m.shape[1], *t.shape[:-1])
+    out.view(m.shape[1], -1).copy_(m.t())
+    return out
+
+
 def _sp_forward(x, values, idx, geo: Geometry, channels: int, route: str) -> Tuple[torch.Tensor, torch.Tensor]:
     """sparseprop's forward along ``route`` (:func:`sparseprop_route`): (y, the input as the
     backward kernel reads it: C × H × W × N; that kernel takes any batch)."""
     n, _, h, w = x.shape
     oh, ow = geo.out_size(h, w)
     k, p, v = geo.kernel_size[0], geo.padding[0], values.detach()
-    xt = x.detach().permute(1, 2, 3, 0).contiguous()
+    xt = to_chwn(x.detach())
     if route == "columns":
         out = x.new_zeros(n, channels, oh, ow)
         sparseprop_backend().sparse_conv2d_vectorized_forward_over_on_stride_1(x.detach().contiguous(), *idx, v,
@@ -116,11 +136,11 @@ def _sp_forward(x, values, idx, geo: Geometry, channels: int, route: str) -> Tup
         pad = -n % 8
         out = x.new_zeros(channels, oh, ow, n + pad)
         _sp_call_forward(geo, F.pad(xt, (0, pad)), idx, v, out)
-        return out.permute(3, 0, 1, 2)[:n].contiguous(), xt
+        return from_chwn(out, n), xt
     # the kernel writes C × H × W × N; the layers after it get a contiguous (N, C, H, W) copy
     out = x.new_zeros(channels, oh, ow, n)
     _sp_call_forward(geo, xt, idx, v, out)
-    return out.permute(3, 0, 1, 2).contiguous(), xt
+    return from_chwn(out), xt
 
 
 def _sp_call_forward(geo: Geometry, xt, idx, v, out) -> None:
@@ -130,12 +150,12 @@ def _sp_call_forward(geo: Geometry, xt, idx, v, out) -> None:
 
 def _sp_backward(xt, values, grad, idx, geo: Geometry):
     """sparseprop's backward from the saved C × H × W × N input: (∂L/∂x, ∂L/∂v)."""
-    gt = grad.detach().permute(1, 2, 3, 0).contiguous()
+    gt = to_chwn(grad.detach())
     grad_xt, grad_v = torch.zeros_like(xt), torch.zeros_like(values)
     fn = "sparse_conv2d_vectorized_backward_stride_%d" % geo.stride[0]
     getattr(sparseprop_backend(), fn)(xt, *idx, values.detach(), gt, grad_xt, grad_v, geo.kernel_size[0],
                                       geo.padding[0])
-    return grad_xt.permute(3, 0, 1, 2).contiguous(), grad_v
+    return from_chwn(grad_xt), grad_v
 
 
 class Plan(NamedTuple):
