@@ -284,5 +284,21 @@ def test_layout_copies_match_the_permutes_and_never_alias():
     xt = to_chwn(x)
     assert torch.equal(xt, x.permute(1, 2, 3, 0)) and xt.is_contiguous()
     assert torch.equal(from_chwn(xt), x) and torch.equal(from_chwn(xt, 2), x[:2])
-    one = torch.randn(1, 3, 4, 6)                       # a batch of one: the transpose is a no-op view
-    assert to_chwn(one).data_ptr() != one.data_ptr() and from_chwn(to_chwn(one)).data_ptr() != one.data_ptr()
+    one = torch.randn(1, 3, 4, 6)         # a batch of one is already in C×H×W×N order: read through a view,
+    assert to_chwn(one).data_ptr() == one.data_ptr()    # but a layer's output is always a tensor of its own
+    assert torch.equal(from_chwn(to_chwn(one)), one) and from_chwn(to_chwn(one)).data_ptr() != one.data_ptr()
+
+
+@pytest.mark.skipif(not HAS_SPARSEPROP, reason="sparseprop not installed")
+@pytest.mark.parametrize("batch", [1, 3, 8])
+def test_sparseprop_inference_and_bias_only_gradients(batch):
+    layer = SparseConv2d.random(4, 6, 3, 0.5, padding=1)
+    layer.kernel = "sparseprop"
+    conv = layer.to_conv()
+    x = torch.randn(batch, 4, 16, 16)
+    with torch.no_grad():                             # no C×H×W×N copy kept for a backward pass
+        assert torch.allclose(layer(x), conv(x), atol=1e-5)
+    layer.values.requires_grad_(False)                # only the bias trains: the backward still runs
+    layer(x).sum().backward()
+    conv(x).sum().backward()
+    assert torch.allclose(layer.bias.grad, conv.bias.grad, atol=1e-4)

@@ -102,10 +102,12 @@ def sparseprop_indices(flat: torch.Tensor, weight_shape: tuple, crow: torch.Tens
 
 
 def to_chwn(t: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) → a new contiguous (C, H, W, N) tensor, copied as the 2-D transpose of the
+    """(N, C, H, W) → a contiguous (C, H, W, N) tensor, copied as the 2-D transpose of the
     (N × C·H·W) view: torch does that up to 2x faster than the equivalent 4-D permute (WRN-22-2's
-    shapes)."""
+    shapes). A batch of one is already in that order: its view is returned."""
     n = t.shape[0]
+    if n == 1:  # the same memory order: a view (only ever read)
+        return t.reshape(*t.shape[1:], 1)
     out = t.new_empty(*t.shape[1:], n)
     out.view(-1, n).copy_(t.reshape(n, -1).t())
     return out
@@ -120,18 +122,20 @@ def from_chwn(t: torch.Tensor, n: Optional[int] = None) -> torch.Tensor:
     return out
 
 
-def _sp_forward(x, values, idx, geo: Geometry, channels: int, route: str) -> Tuple[torch.Tensor, torch.Tensor]:
+def _sp_forward(x, values, idx, geo: Geometry, channels: int, route: str,
+                keep: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """sparseprop's forward along ``route`` (:func:`sparseprop_route`): (y, the input as the
-    backward kernel reads it: C × H × W × N; that kernel takes any batch)."""
+    backward kernel reads it: C × H × W × N, any batch; None on the column route unless ``keep``,
+    as inference needs no copy)."""
     n, _, h, w = x.shape
     oh, ow = geo.out_size(h, w)
     k, p, v = geo.kernel_size[0], geo.padding[0], values.detach()
-    xt = to_chwn(x.detach())
     if route == "columns":
         out = x.new_zeros(n, channels, oh, ow)
         sparseprop_backend().sparse_conv2d_vectorized_forward_over_on_stride_1(x.detach().contiguous(), *idx, v,
                                                                                out, k, p)
-        return out, xt
+        return out, to_chwn(x.detach()) if keep else None
+    xt = to_chwn(x.detach())
     if route == "padded":
         pad = -n % 8
         out = x.new_zeros(channels, oh, ow, n + pad)
@@ -224,12 +228,14 @@ class SparseConv2dFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, values: torch.Tensor, bias: Optional[torch.Tensor], plan: Plan,
                 sink: Optional[List]) -> torch.Tensor:
         route = plan.route(x)
-        sp = route is not None
         with record_function("sparse_conv2d.forward"):
-            if sp:
-                y, saved = _sp_forward(x, values, plan.sp_indices, plan.geometry, plan.pattern.shape[0], route)
+            if route is not None:
+                y, saved = _sp_forward(x, values, plan.sp_indices, plan.geometry, plan.pattern.shape[0], route,
+                                       keep=any(ctx.needs_input_grad[:2]) or sink is not None)
             else:
-                y, saved = _mkl_forward(x, values, plan).contiguous(), x
+                y, saved = _mkl_forward(x, values, plan).contiguous(), None
+            sp = saved is not None   # the backward runs on sparseprop's kernels from this C×H×W×N copy
+            saved = x if saved is None else saved
             if bias is not None:
                 y.add_(bias.view(1, -1, 1, 1))  # y is a fresh tensor
         ctx.save_for_backward(saved, values)
