@@ -323,7 +323,7 @@ def main(argv=None) -> None:
         return print(select_tables(text, a.table) if a.table else text)
     torch.set_num_threads(2)
     res = {"torch": torch.__version__, "threads": 2, "cpus": os.cpu_count(), "started": time.strftime("%H:%M UTC")}
-    parts = a.parts.split(",")
+    parts, models = a.parts.split(","), a.models.split(",")
     if "layers" in parts:
         res["layers"] = layer_table(a.rounds)
     if "models" in parts:
@@ -335,12 +335,12 @@ def main(argv=None) -> None:
                [("lenet5", 128, 0.95, "train", "erk")] + \
                [(m, 128, s, "infer", "erk") for m in ("wrn-22-2", "resnet18") for s in (0.95, 0.99)] + \
                [("lenet5", 128, 0.95, "infer", "erk")]
-        res["models"] = model_table([j for j in jobs if j[0] in a.models.split(",") and j[3] in a.phases.split(",")],
+        res["models"] = model_table([j for j in jobs if j[0] in models and j[3] in a.phases.split(",")],
                                     a.rounds)
     if "memory" in parts:
         mem = [("wrn-22-2", 128, 0.95), ("wrn-22-2", 128, 0.99), ("resnet50", 1, 0.95), ("resnet18", 128, 0.95),
                ("lenet5", 128, 0.95)]
-        res["memory"] = memory_table([j for j in mem if j[0] in a.models.split(",")])
+        res["memory"] = memory_table([j for j in mem if j[0] in models])
     if "profile" in parts:
         res["profile"] = profile_table([("wrn-22-2", 128, 0.95, "dense", "erk"), ("wrn-22-2", 128, 0.95, "sparse", "erk"),
                                         ("wrn-22-2", 128, 0.99, "sparse", "erk")])

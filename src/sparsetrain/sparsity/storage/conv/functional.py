@@ -73,18 +73,24 @@ def sparseprop_supports(geo: Geometry, dtype: torch.dtype) -> bool:
             and p[0] == p[1] and geo.dilation == (1, 1) and sparseprop_backend() is not None)
 
 
+#: output maps of at most this many columns are "narrow": there, under kernel "auto", 1x1 kernels and
+#: the column kernel lose to the unfold path (per-layer table, docs/performance.md)
+NARROW_COLUMNS = 14
+
+
 def sparseprop_route(n: int, geo: Geometry, out_width: int, strict: bool) -> Optional[str]:
     """How a batch of ``n`` examples runs on sparseprop's kernels: "batch" (a multiple of 8),
     "columns" (the stride-1 kernel vectorised over output columns), "padded" (zero examples up to a
     multiple of 8), or None (the unfold path). ``strict`` (kernel "auto"): None for 1x1 kernels on
-    14 output columns or fewer, where the column kernel would see 14 output columns or fewer, or
-    where padding would add more than a quarter of zero examples."""
-    if strict and geo.kernel_size == (1, 1) and out_width <= 14:
+    narrow output maps (:data:`NARROW_COLUMNS`), where the column kernel would run on a narrow map,
+    or where padding would add more than a quarter of zero examples."""
+    narrow = out_width <= NARROW_COLUMNS
+    if strict and geo.kernel_size == (1, 1) and narrow:
         return None
     pad = -n % 8
     if pad == 0:
         return "batch"
-    if geo.stride[0] == 1 and (not strict or out_width > 14):
+    if geo.stride[0] == 1 and not (strict and narrow):
         return "columns"
     return "padded" if not strict or 4 * pad <= n else None
 
@@ -173,7 +179,7 @@ class Plan(NamedTuple):
 
     def unfold(self) -> str:
         """The product kernel of the unfold path."""
-        return self.unfold_kernel or "mkl" if self.pattern.kernel == "sparseprop" else self.pattern.kernel
+        return (self.unfold_kernel or "mkl") if self.pattern.kernel == "sparseprop" else self.pattern.kernel
 
     def route(self, x: torch.Tensor) -> Optional[str]:
         """sparseprop's route for the batch ``x`` (:func:`sparseprop_route`), None for the unfold path."""
@@ -234,12 +240,11 @@ class SparseConv2dFunction(torch.autograd.Function):
                                        keep=any(ctx.needs_input_grad[:2]) or sink is not None)
             else:
                 y, saved = _mkl_forward(x, values, plan).contiguous(), None
-            sp = saved is not None   # the backward runs on sparseprop's kernels from this C×H×W×N copy
-            saved = x if saved is None else saved
             if bias is not None:
                 y.add_(bias.view(1, -1, 1, 1))  # y is a fresh tensor
-        ctx.save_for_backward(saved, values)
-        ctx.plan, ctx.sink, ctx.has_bias, ctx.sp = plan, sink, bias is not None, sp
+        # with a C×H×W×N copy the backward runs on sparseprop's kernels, else on the unfold path from x
+        ctx.save_for_backward(x if saved is None else saved, values)
+        ctx.plan, ctx.sink, ctx.has_bias, ctx.sp = plan, sink, bias is not None, saved is not None
         return y
 
     @staticmethod
